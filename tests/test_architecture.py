@@ -6,7 +6,9 @@ import torch
 from dpn_lab import DenoisingPotential, FullArchitecture, build_extractor
 
 
-def make_model(extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled") -> FullArchitecture:
+def make_model(
+    extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled"
+) -> FullArchitecture:
     torch.manual_seed(0)
     potential = DenoisingPotential(16, 5, n_steps=n_steps, grad_mode=grad_mode)
     return FullArchitecture(build_extractor(extractor, input_shape, 16), potential, n_classes=10)

@@ -22,7 +22,9 @@ def test_kmeans_puts_centers_on_the_blob_means():
     means = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]])
     points = np.concatenate([m + 0.3 * rng.normal(size=(250, 3)) for m in means])
     potential = DenoisingPotential(3, 4)
-    result = initialize_potential(potential, torch.from_numpy(points).float(), "kmeans", max_samples=600, seed=0)
+    result = initialize_potential(
+        potential, torch.from_numpy(points).float(), "kmeans", max_samples=600, seed=0
+    )
     assert result.n_samples == 600 and result.method == "kmeans"
     centers = potential.mu.detach().numpy()
     order = match_rows(centers, means)
@@ -32,7 +34,10 @@ def test_kmeans_puts_centers_on_the_blob_means():
 
 
 GAUSSIANS = {
-    "full": [np.array([[1.0, 0.6, 0], [0.6, 1.0, 0.2], [0, 0.2, 0.5]]), np.array([[0.5, -0.2, 0], [-0.2, 0.8, 0], [0, 0, 1.5]])],
+    "full": [
+        np.array([[1.0, 0.6, 0], [0.6, 1.0, 0.2], [0, 0.2, 0.5]]),
+        np.array([[0.5, -0.2, 0], [-0.2, 0.8, 0], [0, 0, 1.5]]),
+    ],
     "diag": [np.diag([1.0, 0.3, 0.6]), np.diag([0.4, 1.2, 0.8])],
     "spherical": [0.5 * np.eye(3), 1.3 * np.eye(3)],
 }
@@ -49,13 +54,17 @@ def test_gmm_recovers_known_gaussians(precision):
     initialize_potential(potential, torch.from_numpy(points), "gmm", max_samples=n, seed=0)
     order = match_rows(potential.mu.detach().numpy(), means)
     np.testing.assert_allclose(potential.mu.detach().numpy()[order], means, atol=0.05)
-    np.testing.assert_allclose(potential.covariance_matrices().detach().numpy()[order], np.array(covs), atol=0.06)
+    np.testing.assert_allclose(
+        potential.covariance_matrices().detach().numpy()[order], np.array(covs), atol=0.06
+    )
     # c_i = log pi_i + 1/2 log det P_i: the mixing proportions are softmax(c_i - 1/2 log det P_i)
     c = potential.c.detach().numpy() - 0.5 * np.linalg.slogdet(np.linalg.inv(np.array(covs)[order]))[1][order]
     np.testing.assert_allclose(np.exp(c[order]) / np.exp(c).sum(), weights, atol=0.02)
     # phi is the fitted mixture's log-density up to D/2 log(2 pi): compare with the true density
     x = points[:20]
-    true_logpdf = logsumexp([np.log(weights[k]) + multivariate_normal(means[k], covs[k]).logpdf(x) for k in range(2)], axis=0)
+    true_logpdf = logsumexp(
+        [np.log(weights[k]) + multivariate_normal(means[k], covs[k]).logpdf(x) for k in range(2)], axis=0
+    )
     phi = potential.compute_potential(torch.from_numpy(x)).detach().numpy() - 1.5 * np.log(2 * np.pi)
     np.testing.assert_allclose(phi, true_logpdf, rtol=0.03, atol=0.03)
 

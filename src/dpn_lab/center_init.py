@@ -73,7 +73,10 @@ def gmm_parameters(
     """
     _check_enough(n_components, len(data))
     gmm = GaussianMixture(
-        n_components, covariance_type=_GMM_FAMILY[precision], init_params="kmeans", random_state=seed,
+        n_components,
+        covariance_type=_GMM_FAMILY[precision],
+        init_params="kmeans",
+        random_state=seed,
         reg_covar=1e-4,
     ).fit(data)
     chol = gmm.precisions_cholesky_  # precision = chol @ chol^T
@@ -85,14 +88,20 @@ def gmm_parameters(
     elif precision == "spherical":
         params["precision_diag"] = chol[:, None]
     else:
-        params["precision_diag"], params["precision_factor"] = _lowrank_from_precision(chol @ chol.transpose(0, 2, 1), rank)
+        params["precision_diag"], params["precision_factor"] = _lowrank_from_precision(
+            chol @ chol.transpose(0, 2, 1), rank
+        )
     params["log_weights"] = np.log(gmm.weights_)
     return params, float(-gmm.score(data))
 
 
 @torch.no_grad()
 def initialize_potential(
-    potential: DenoisingPotential, features: Tensor, method: str = "kmeans", max_samples: int = 10_000, seed: int = 0
+    potential: DenoisingPotential,
+    features: Tensor,
+    method: str = "kmeans",
+    max_samples: int = 10_000,
+    seed: int = 0,
 ) -> InitResult:
     """Set the potential's centers (kmeans) or centers, precisions and weights (gmm) from features (N x D)."""
     if method not in INIT_METHODS:

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 class MLPExtractor(nn.Module):
     """Flattens the input and applies Linear-ReLU blocks, ending in a linear map to feature_dim."""
 
-    def __init__(self, input_shape: Sequence[int], feature_dim: int, hidden: Sequence[int] = (256, 256)) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], feature_dim: int, hidden: Sequence[int] = (256, 256)
+    ) -> None:
         super().__init__()
         widths = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
@@ -31,10 +33,14 @@ class CNNExtractor(nn.Module):
     Pooling to 1x1 at the end lets one architecture serve 1x8x8 digits, 1x28x28 MNIST and 3x32x32 CIFAR.
     """
 
-    def __init__(self, input_shape: Sequence[int], feature_dim: int, channels: Sequence[int] = (32, 64)) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], feature_dim: int, channels: Sequence[int] = (32, 64)
+    ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"CNNExtractor needs (channels, height, width) inputs, got input_shape={input_shape}")
+            raise ValueError(
+                f"CNNExtractor needs (channels, height, width) inputs, got input_shape={input_shape}"
+            )
         blocks: list[nn.Module] = []
         c_in = input_shape[0]
         for c_out in channels:
@@ -63,5 +69,3 @@ def build_extractor(name: str, input_shape: Sequence[int], feature_dim: int, **k
     if name not in EXTRACTORS:
         raise ValueError(f"extractor={name!r} is not allowed; choose one of: {', '.join(EXTRACTORS)}")
     return EXTRACTORS[name](input_shape, feature_dim, **kwargs)
-
-
