@@ -39,7 +39,8 @@ class CNNExtractor(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(
-                f"CNNExtractor needs (channels, height, width) inputs, got input_shape={input_shape}"
+                f"CNNExtractor needs (channels, height, width) inputs, got input_shape={input_shape}: "
+                "use model.extractor=mlp for flat inputs"
             )
         blocks: list[nn.Module] = []
         c_in = input_shape[0]

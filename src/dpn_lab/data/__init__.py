@@ -1,0 +1,18 @@
+"""Data sources, one LightningDataModule each, all on `TensorDataModule`."""
+
+from dpn_lab.data.base import DataError, TensorDataModule
+from dpn_lab.data.blobs import BlobsDataModule
+from dpn_lab.data.digits import DigitsDataModule
+from dpn_lab.data.mnist5k import MNIST5kDataModule
+from dpn_lab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
+
+__all__ = [
+    "BlobsDataModule",
+    "CIFAR10DataModule",
+    "DataError",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "MNIST5kDataModule",
+    "MNISTDataModule",
+    "TensorDataModule",
+]

@@ -1,0 +1,141 @@
+"""The shared base of every data source: tensors in memory, stratified splits, corruption, DDP batch size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from dpn_lab.corruption import corrupt
+
+
+class DataError(RuntimeError):
+    """Data that cannot be loaded: missing or corrupt files, impossible splits."""
+
+
+class TensorBatches(Dataset):
+    """(inputs, labels) held as tensors; a whole batch is one indexing operation, not B Python calls."""
+
+    def __init__(self, inputs: Tensor, labels: Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices)
+        return self.inputs[index], self.labels[index]
+
+
+def _already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return batch
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base for the sources in `dpn_lab.data`: subclasses implement `load()` and set the class attributes.
+
+    Args:
+        batch_size: global batch size; under DDP each device gets batch_size / world_size.
+        val_fraction, test_fraction: stratified split fractions (test_fraction is ignored for sources with
+            an official test set).
+        split_seed: seed of the deterministic stratified split (separate from the training seed).
+        train_corruption, test_corruption: None or {kind: gaussian|salt_pepper, severity: float}. Training
+            corruption is drawn fresh for every batch; test/val corruption is drawn once from split_seed.
+    """
+
+    input_shape: tuple[int, ...] = ()
+    n_classes: int = 0
+    pixel_range: bool = True  # inputs are images in [0, 1]; corruptions need that
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        train_corruption: dict[str, Any] | None = None,
+        test_corruption: dict[str, Any] | None = None,
+        data_dir: str = "data",
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if (train_corruption or test_corruption) and not self.pixel_range:
+            raise DataError(f"{type(self).__name__} inputs have no pixel range: corruptions apply to images only")
+        self.batch_size_per_device = batch_size
+        self.splits: dict[str, TensorBatches] = {}
+
+    def load(self) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """(inputs, labels, official (test_inputs, test_labels) or None). Inputs as float, images in [0, 1]."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            world = self.trainer.world_size
+            if self.hparams.batch_size % world:
+                raise DataError(f"data.batch_size={self.hparams.batch_size} is not divisible by the {world} devices")
+            self.batch_size_per_device = self.hparams.batch_size // world
+        if self.splits:
+            return
+        inputs, labels, official_test = self.load()
+        seed = self.hparams.split_seed
+        index = torch.arange(len(labels))
+        if official_test is None:
+            rest, test = train_test_split(
+                index, test_size=self.hparams.test_fraction, stratify=labels, random_state=seed
+            )
+            test_inputs, test_labels = inputs[test], labels[test]
+        else:
+            rest, (test_inputs, test_labels) = index, official_test
+        train, val = train_test_split(
+            rest, test_size=self.hparams.val_fraction, stratify=labels[rest], random_state=seed
+        )
+        generator = torch.Generator().manual_seed(seed)
+        self.splits = {
+            "train": TensorBatches(inputs[train], labels[train]),
+            "val": TensorBatches(self._corrupt_fixed(inputs[val], generator), labels[val]),
+            "test": TensorBatches(self._corrupt_fixed(test_inputs, generator), test_labels),
+        }
+
+    def _corrupt_fixed(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
+        spec = self.hparams.test_corruption
+        return corrupt(inputs, spec["kind"], spec["severity"], generator) if spec else inputs
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        spec = self.hparams.train_corruption
+        if spec and self.trainer is not None and self.trainer.training:
+            inputs, labels = batch
+            return corrupt(inputs, spec["kind"], spec["severity"]), labels
+        return batch
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size_per_device,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=_already_batched,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Stored in every checkpoint, so `dpn_lab.eval` can rebuild the exact data without being told.
+        cls = type(self)
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **dict(self.hparams)}

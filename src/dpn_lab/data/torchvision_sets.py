@@ -1,0 +1,53 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision: files under data_dir, download only when asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dpn_lab.data.base import DataError, TensorDataModule
+
+
+class TorchvisionDataModule(TensorDataModule):
+    """A torchvision classification set with an official train/test split, held as tensors in [0, 1]."""
+
+    dataset_name = ""
+
+    def _dataset(self, train: bool):
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, self.dataset_name)
+        root = Path(self.hparams.data_dir).expanduser().resolve()
+        try:
+            return cls(str(root), train=train, download=self.hparams.download)
+        except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+            raise DataError(
+                f"data={self.config_name}: no usable {self.dataset_name} files under {root} ({error}); set "
+                f"data.download=true to fetch them there, or point data.data_dir at a copy"
+            ) from None
+
+    @staticmethod
+    def _to_tensors(dataset) -> tuple[Tensor, Tensor]:
+        images = torch.as_tensor(np.asarray(dataset.data), dtype=torch.float32) / 255.0
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # N x C x H x W
+        return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long)
+
+    def load(self):
+        train = self._to_tensors(self._dataset(train=True))
+        test = self._to_tensors(self._dataset(train=False))
+        return train[0], train[1], test
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    dataset_name, config_name, input_shape, n_classes = "MNIST", "mnist", (1, 28, 28), 10
+
+
+class FashionMNISTDataModule(TorchvisionDataModule):
+    dataset_name, config_name, input_shape, n_classes = "FashionMNIST", "fashion_mnist", (1, 28, 28), 10
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    dataset_name, config_name, input_shape, n_classes = "CIFAR10", "cifar10", (3, 32, 32), 10

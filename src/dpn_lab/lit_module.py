@@ -1,0 +1,137 @@
+"""DPNLitModule: training, validation and test of a FullArchitecture under Lightning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from dpn_lab.architecture import FullArchitecture
+from dpn_lab.extractors import build_extractor
+from dpn_lab.potential import DenoisingPotential
+
+
+class DPNLitModule(L.LightningModule):
+    """Cross-entropy on the refined features' logits, plus optional per-step and auxiliary terms.
+
+    loss = CE(logits of x_T) + step_supervision * mean_{t=1..T-1} CE(logits of x_t)
+           + aux_loss_weight * CE(logits of x_0)
+
+    `step_supervision` trains every refinement step directly (and the extractor through step 0 even with
+    grad_mode=detach); `aux_loss_weight` keeps the unrefined features classifiable on their own.
+    Hyperparameters are plain values, so checkpoints load with weights_only=True; the optimizer and
+    scheduler factories (Hydra `_partial_`) are not stored in them.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        extractor: str = "mlp",
+        extractor_kwargs: dict[str, Any] | None = None,
+        feature_dim: int = 32,
+        n_components: int = 16,
+        n_steps: int = 5,
+        precision: str = "diag",
+        rank: int = 4,
+        step_size: str = "shared",
+        init_step_size: float = 0.1,
+        init_precision: float = 1.0,
+        gradient_impl: str = "closed_form",
+        grad_mode: str = "unrolled",
+        checkpoint_steps: bool = False,
+        langevin_temperature: float = 0.0,
+        bound_step_size: bool = False,
+        init: str = "kmeans",
+        init_samples: int = 2000,
+        step_supervision: float = 0.0,
+        aux_loss_weight: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        potential = DenoisingPotential(
+            feature_dim, n_components, n_steps=n_steps, precision=precision, rank=rank, step_size=step_size,
+            init_step_size=init_step_size, init_precision=init_precision, gradient_impl=gradient_impl,
+            grad_mode=grad_mode, checkpoint_steps=checkpoint_steps, langevin_temperature=langevin_temperature,
+            bound_step_size=bound_step_size,
+        )
+        backbone = build_extractor(extractor, tuple(input_shape), feature_dim, **(extractor_kwargs or {}))
+        self.net = FullArchitecture(backbone, potential, n_classes)
+        # micro: the fraction of correct predictions, what "accuracy" means in a results table
+        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(n_classes, average="micro") for _ in range(3))
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_gain, self.test_gain = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def _loss_and_logits(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        hp = self.hparams
+        states = self.net.potential.refine(self.net.features(images))
+        logits = self.net.classifier(states[-1])
+        loss = F.cross_entropy(logits, labels)
+        if hp.step_supervision and len(states) > 2:
+            middle = self.net.classifier(torch.stack(states[1:-1]))
+            loss = loss + hp.step_supervision * F.cross_entropy(middle.flatten(0, 1), labels.repeat(len(states) - 2))
+        if hp.aux_loss_weight:
+            loss = loss + hp.aux_loss_weight * F.cross_entropy(self.net.classifier(states[0]), labels)
+        return loss, logits, states
+
+    @torch.no_grad()
+    def _potential_gain(self, states: list[Tensor]) -> Tensor:
+        potential = self.net.potential
+        return (potential.compute_potential(states[-1]) - potential.compute_potential(states[0])).mean()
+
+    def on_train_start(self) -> None:
+        # sanity-check validation must not count towards the best accuracy
+        self.val_acc_best.reset()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss, logits, _ = self._loss_and_logits(images, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        if self.net.potential.n_steps:
+            self.log("refine/step_size", self.net.potential.step_sizes().mean().detach())
+        return loss
+
+    def _evaluate(self, batch, stage: str) -> None:
+        images, labels = batch
+        loss, logits, states = self._loss_and_logits(images, labels)
+        acc, mean_loss, gain = (getattr(self, f"{stage}_{name}") for name in ("acc", "loss", "gain"))
+        acc(logits, labels)
+        mean_loss(loss)
+        gain(self._potential_gain(states))
+        self.log(f"{stage}/loss", mean_loss, prog_bar=stage == "val")
+        self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
+        self.log(f"{stage}/potential_gain", gain)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_factory is None:
+            raise RuntimeError("DPNLitModule was built without an optimizer: it can evaluate but not train")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -1,0 +1,124 @@
+"""python -m dpn_lab.train [overrides]: train a DPN, test its best checkpoint, report the optimized metric."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from dpn_lab.cli_errors import USER_ERRORS, exit_on_user_error, one_line
+from dpn_lab.config_resolvers import register_resolvers
+from dpn_lab.config_validation import ConfigError, validate_config
+from dpn_lab.resume import find_last_checkpoint
+from dpn_lab.run_result import format_summary, write_result
+
+log = logging.getLogger("dpn_lab.train")
+register_resolvers()
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Every `_target_` entry of a callbacks/ or logger/ config group (an empty group gives [])."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if OmegaConf.is_dict(entry) and "_target_" in entry]
+
+
+def check_launch(cfg: DictConfig, multirun: bool) -> None:
+    """Lightning's ddp re-executes the command per device, which under --multirun would restart the sweep."""
+    devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
+    several = devices == "auto" or OmegaConf.is_list(devices) or (isinstance(devices, int) and devices > 1)
+    if multirun and several and strategy in ("auto", "ddp") and HydraConfig.get().launcher.get("_target_", "").endswith(
+        "BasicLauncher"
+    ):
+        raise ConfigError(
+            f"trainer.devices={devices} with trainer.strategy={strategy} cannot run under --multirun with the local "
+            "launcher: use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_local (or submitit_slurm)"
+        )
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[dict[str, float], str | None]:
+    """seed -> data -> model -> callbacks -> loggers -> trainer -> fit -> test. Returns (metrics, best ckpt)."""
+    validate_config(cfg)
+    check_launch(cfg, multirun)
+    if cfg.seed is not None:
+        log.info(f"Seeding everything with seed={cfg.seed}")
+        L.seed_everything(cfg.seed, workers=True)
+    log.info(f"Instantiating data <{cfg.data._target_}>")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    log.info(f"Instantiating model <{cfg.model._target_}>")
+    model = instantiate(
+        cfg.model, input_shape=list(datamodule.input_shape), n_classes=datamodule.n_classes, _convert_="all"
+    )
+    log.info("Instantiating callbacks")
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    log.info("Instantiating loggers")
+    loggers = instantiate_group(cfg.get("logger"))
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_path = find_last_checkpoint(cfg, output_dir) if cfg.ckpt_path == "last" else cfg.ckpt_path
+    if cfg.train:
+        log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = scalars(trainer.callback_metrics)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.test:
+        test_ckpt = best or (None if cfg.train else ckpt_path)
+        log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+        metrics.update(scalars(trainer.callback_metrics))
+    return metrics, best or None
+
+
+def finish_wandb() -> None:
+    """Close the W&B run so the next job of a multirun starts its own."""
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    job = HydraConfig.get()
+    output_dir, overrides = Path(job.runtime.output_dir), list(job.overrides.task)
+    multirun = job.mode == RunMode.MULTIRUN
+    try:
+        metrics, best = train(cfg, output_dir, multirun)
+    except Exception as error:
+        if rank_zero_only.rank == 0:
+            write_result(output_dir, "failed", overrides, {}, one_line(error))
+        if not multirun:
+            raise
+        # a failed job is recorded and the sweep goes on
+        log.error(f"job failed: {one_line(error)}")
+        if not isinstance(error, USER_ERRORS):
+            log.error(traceback.format_exc())
+        return float("nan")
+    finally:
+        finish_wandb()
+    if rank_zero_only.rank == 0:
+        write_result(output_dir, "ok", overrides, metrics)
+        print(format_summary(metrics, output_dir, best))
+    return metrics.get(cfg.optimized_metric)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return exit_on_user_error(lambda: run_job(cfg))
+
+
+if __name__ == "__main__":
+    main()
