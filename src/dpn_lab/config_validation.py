@@ -61,7 +61,18 @@ class Number:
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISION_PLUGINS = ("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "64", 64)
+PRECISION_PLUGINS = (
+    "32-true",
+    "32",
+    32,
+    "16-mixed",
+    "bf16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "64",
+    64,
+)
 
 MODEL_RULES: dict[str, Choice | Number] = {
     "model.extractor": Choice(tuple(EXTRACTORS)),
@@ -115,7 +126,9 @@ def _check_devices(cfg: DictConfig) -> None:
     if devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1):
         pass
     elif not (OmegaConf.is_list(devices) and all(isinstance(d, int) and d >= 0 for d in devices)):
-        raise ConfigError(f"trainer.devices={devices!r} is not allowed: use a count >= 1, a list of GPU ids, or auto")
+        raise ConfigError(
+            f"trainer.devices={devices!r} is not allowed: use a count >= 1, a list of GPU ids, or auto"
+        )
     if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda"):
         import torch
 
@@ -133,7 +146,9 @@ def _check_devices(cfg: DictConfig) -> None:
 def _check_model_consistency(cfg: DictConfig) -> None:
     model = cfg.model
     if model.precision == "lowrank" and model.rank > model.feature_dim:
-        raise ConfigError(f"model.rank={model.rank} is out of range: must be <= model.feature_dim={model.feature_dim}")
+        raise ConfigError(
+            f"model.rank={model.rank} is out of range: must be <= model.feature_dim={model.feature_dim}"
+        )
     if model.n_components > model.init_samples:
         raise ConfigError(
             f"model.n_components={model.n_components} is out of range: must be <= model.init_samples="

@@ -48,7 +48,13 @@ class KMeansInit(L.Callback):
         pl_module.net.potential.load_state_dict(state)
         if result is not None:
             seconds = time.perf_counter() - start
-            log.info(f"{result.method} init: {result.n_samples} samples, inertia {result.inertia:.4g}, {seconds:.2f}s")
-            metrics = {"init/inertia": result.inertia, "init/samples": result.n_samples, "init/seconds": seconds}
+            log.info(
+                f"{result.method} init: {result.n_samples} samples, inertia {result.inertia:.4g}, {seconds:.2f}s"
+            )
+            metrics = {
+                "init/inertia": result.inertia,
+                "init/samples": result.n_samples,
+                "init/seconds": seconds,
+            }
             for logger in trainer.loggers:  # self.log() is not available before the first step
                 logger.log_metrics(metrics, step=0)

@@ -59,15 +59,26 @@ class DPNLitModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         potential = DenoisingPotential(
-            feature_dim, n_components, n_steps=n_steps, precision=precision, rank=rank, step_size=step_size,
-            init_step_size=init_step_size, init_precision=init_precision, gradient_impl=gradient_impl,
-            grad_mode=grad_mode, checkpoint_steps=checkpoint_steps, langevin_temperature=langevin_temperature,
+            feature_dim,
+            n_components,
+            n_steps=n_steps,
+            precision=precision,
+            rank=rank,
+            step_size=step_size,
+            init_step_size=init_step_size,
+            init_precision=init_precision,
+            gradient_impl=gradient_impl,
+            grad_mode=grad_mode,
+            checkpoint_steps=checkpoint_steps,
+            langevin_temperature=langevin_temperature,
             bound_step_size=bound_step_size,
         )
         backbone = build_extractor(extractor, tuple(input_shape), feature_dim, **(extractor_kwargs or {}))
         self.net = FullArchitecture(backbone, potential, n_classes)
         # micro: the fraction of correct predictions, what "accuracy" means in a results table
-        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(n_classes, average="micro") for _ in range(3))
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(n_classes, average="micro") for _ in range(3)
+        )
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_gain, self.test_gain = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
@@ -82,7 +93,9 @@ class DPNLitModule(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         if hp.step_supervision and len(states) > 2:
             middle = self.net.classifier(torch.stack(states[1:-1]))
-            loss = loss + hp.step_supervision * F.cross_entropy(middle.flatten(0, 1), labels.repeat(len(states) - 2))
+            loss = loss + hp.step_supervision * F.cross_entropy(
+                middle.flatten(0, 1), labels.repeat(len(states) - 2)
+            )
         if hp.aux_loss_weight:
             loss = loss + hp.aux_loss_weight * F.cross_entropy(self.net.classifier(states[0]), labels)
         return loss, logits, states

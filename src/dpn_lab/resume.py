@@ -15,8 +15,11 @@ FINGERPRINT_KEYS = ("data", "model", "seed")
 
 def config_fingerprint(cfg: DictConfig) -> str:
     """A hash of what makes two runs the same experiment (data, model, seed); epochs may differ."""
-    part = {key: OmegaConf.to_container(cfg[key], resolve=False) if OmegaConf.is_config(cfg[key]) else cfg[key]
-            for key in FINGERPRINT_KEYS if key in cfg}
+    part = {
+        key: OmegaConf.to_container(cfg[key], resolve=False) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in FINGERPRINT_KEYS
+        if key in cfg
+    }
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

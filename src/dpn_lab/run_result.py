@@ -11,12 +11,18 @@ RESULT_FILE = "result.json"
 
 
 def write_result(
-    output_dir: str | Path, status: str, overrides: list[str], metrics: dict[str, float], error: str | None = None
+    output_dir: str | Path,
+    status: str,
+    overrides: list[str],
+    metrics: dict[str, float],
+    error: str | None = None,
 ) -> Path:
     """Write {status, overrides, metrics, error} as JSON (non-finite metrics as null)."""
     clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
     path = Path(output_dir) / RESULT_FILE
-    path.write_text(json.dumps({"status": status, "overrides": overrides, "metrics": clean, "error": error}, indent=2))
+    path.write_text(
+        json.dumps({"status": status, "overrides": overrides, "metrics": clean, "error": error}, indent=2)
+    )
     return path
 
 

@@ -16,23 +16,30 @@ log = logging.getLogger(__name__)
 METRICS = ("test/acc", "test/loss", "val/acc_best", "test/potential_gain")
 
 
+def _split_overrides(all_overrides: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """(overrides every job shares, each job's own): the table shows only what the sweep varied."""
+    common = [o for o in all_overrides[0] if all(o in job for job in all_overrides)] if all_overrides else []
+    return common, [[o for o in job if o not in common] or job for job in all_overrides]
+
+
 def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job directory with a result.json, in job order; writes summary.csv and summary.md."""
-    rows = []
-    job_dirs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
-    for job_dir in job_dirs:
-        result = read_result(job_dir)
-        if result is None:
-            result = {"status": "failed", "overrides": [], "metrics": {}, "error": "no result.json (job killed?)"}
-        rows.append(
-            {
-                "job": job_dir.name,
-                "overrides": " ".join(result["overrides"]),
-                "status": result["status"],
-                **{m: result["metrics"].get(m) for m in METRICS},
-                "error": result.get("error") or "",
-            }
-        )
+    """One row per job directory (job order), overrides -> status and metrics; writes summary.csv/.md."""
+    job_dirs = sorted(
+        (d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)
+    )
+    killed = {"status": "failed", "overrides": [], "metrics": {}, "error": "no result.json (job killed?)"}
+    results = [read_result(job_dir) or killed for job_dir in job_dirs]
+    common, varied = _split_overrides([r["overrides"] for r in results])
+    rows = [
+        {
+            "job": job_dir.name,
+            "overrides": " ".join(own),
+            "status": result["status"],
+            **{m: result["metrics"].get(m) for m in METRICS},
+            "error": result.get("error") or "",
+        }
+        for job_dir, result, own in zip(job_dirs, results, varied, strict=True)
+    ]
     columns = ["job", "overrides", "status", *METRICS, "error"]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -42,7 +49,8 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
 
-    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table = [f"Sweep {sweep_dir.name}; every job: {' '.join(common) or '(no shared overrides)'}", ""]
+    table += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(cell(row[c]).replace("|", "/") for c in columns) + " |" for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(table) + "\n")
     return rows

@@ -30,15 +30,20 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Every `_target_` entry of a callbacks/ or logger/ config group (an empty group gives [])."""
     if not group:
         return []
-    return [instantiate(entry) for entry in group.values() if OmegaConf.is_dict(entry) and "_target_" in entry]
+    return [
+        instantiate(entry) for entry in group.values() if OmegaConf.is_dict(entry) and "_target_" in entry
+    ]
 
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
     """Lightning's ddp re-executes the command per device, which under --multirun would restart the sweep."""
     devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
     several = devices == "auto" or OmegaConf.is_list(devices) or (isinstance(devices, int) and devices > 1)
-    if multirun and several and strategy in ("auto", "ddp") and HydraConfig.get().launcher.get("_target_", "").endswith(
-        "BasicLauncher"
+    if (
+        multirun
+        and several
+        and strategy in ("auto", "ddp")
+        and HydraConfig.get().launcher.get("_target_", "").endswith("BasicLauncher")
     ):
         raise ConfigError(
             f"trainer.devices={devices} with trainer.strategy={strategy} cannot run under --multirun with the local "

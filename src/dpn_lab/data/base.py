@@ -69,7 +69,9 @@ class TensorDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if (train_corruption or test_corruption) and not self.pixel_range:
-            raise DataError(f"{type(self).__name__} inputs have no pixel range: corruptions apply to images only")
+            raise DataError(
+                f"{type(self).__name__} inputs have no pixel range: corruptions apply to images only"
+            )
         self.batch_size_per_device = batch_size
         self.splits: dict[str, TensorBatches] = {}
 
@@ -81,7 +83,9 @@ class TensorDataModule(L.LightningDataModule):
         if self.trainer is not None:
             world = self.trainer.world_size
             if self.hparams.batch_size % world:
-                raise DataError(f"data.batch_size={self.hparams.batch_size} is not divisible by the {world} devices")
+                raise DataError(
+                    f"data.batch_size={self.hparams.batch_size} is not divisible by the {world} devices"
+                )
             self.batch_size_per_device = self.hparams.batch_size // world
         if self.splits:
             return

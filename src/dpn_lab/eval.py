@@ -1,0 +1,99 @@
+"""python -m dpn_lab.eval ckpt_path=PATH [data=...]: test a trained checkpoint.
+
+The checkpoint is read with torch.load(weights_only=True), so a checkpoint from someone else cannot run
+code. Model and (unless `data=` is given) data are rebuilt from what the checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
+
+from dpn_lab.cli_errors import exit_on_user_error
+from dpn_lab.config_resolvers import register_resolvers
+from dpn_lab.config_validation import ConfigError, validate_config
+from dpn_lab.lit_module import DPNLitModule
+from dpn_lab.run_result import format_summary, write_result
+from dpn_lab.train import finish_wandb, instantiate_group, scalars
+
+log = logging.getLogger("dpn_lab.eval")
+register_resolvers()
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint as plain data (weights_only=True); a one-line ConfigError if it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        reason = str(error).splitlines()[0][:200]
+        raise ConfigError(f"ckpt_path={path}: not a readable dpn_lab checkpoint ({reason})") from None
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule:
+    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters/state_dict)"
+        )
+    model = DPNLitModule(**checkpoint["hyper_parameters"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(
+            f"ckpt_path={path}: weights do not fit its model ({str(error).splitlines()[0]})"
+        ) from None
+    return model
+
+
+def data_config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """The data module's init arguments, which TensorDataModule.state_dict stores in every checkpoint."""
+    for value in checkpoint.values():
+        if isinstance(value, dict) and str(value.get("_target_", "")).startswith("dpn_lab.data."):
+            return value
+    raise ConfigError(f"ckpt_path={path}: the checkpoint does not record its data; pass data=<name>")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """load checkpoint -> data -> model -> trainer -> test. Returns the test metrics."""
+    validate_config(cfg, for_eval=True)
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    log.info(f"Loading checkpoint {cfg.ckpt_path}")
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    data_cfg = cfg.data if cfg.get("data") else data_config_from_checkpoint(checkpoint, cfg.ckpt_path)
+    datamodule = instantiate(data_cfg, _convert_="all")
+    model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    trainer.test(model, datamodule=datamodule)
+    return scalars(trainer.callback_metrics)
+
+
+def run_eval(cfg: DictConfig) -> dict[str, float]:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = evaluate(cfg)
+    finally:
+        finish_wandb()
+    if rank_zero_only.rank == 0:
+        write_result(output_dir, "ok", list(HydraConfig.get().overrides.task), metrics)
+        print(format_summary(metrics, output_dir, None))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(lambda: run_eval(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Shared fixtures: configs composed in-process, and dataset files written in their real on-disk formats."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from dpn_lab.config_resolvers import register_resolvers
+
+register_resolvers()
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """compose(config_name, overrides) with outputs under tmp_path, as Hydra would set them up for a run."""
+
+    def _make(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="dpn_lab.conf", version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(tmp_path)
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig().set_config(cfg)
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format of the MNIST files: magic (0, 0, ubyte=8, ndim), big-endian int32 dims, raw bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 8, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def write_mnist_files(root: Path, folder: str = "MNIST", n_train: int = 200, n_test: int = 60) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19).astype(np.uint8)
+        _write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+def write_cifar10_files(root: Path, per_batch: int = 40, n_test: int = 40) -> None:
+    """cifar-10-batches-py: pickled dicts with uint8 'data' (N x 3072, channel-major) and 'labels'."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        labels = list(np.arange(n) % 10)
+        data = (rng.random((n, 3072)) * 200 + np.array(labels)[:, None] * 5).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m module args` as a user runs it, with outputs under cwd."""
+    environment = {**os.environ, "DPN_LAB_ROOT": str(cwd), "WANDB_MODE": "offline", **(env or {})}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )

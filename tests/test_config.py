@@ -1,0 +1,136 @@
+"""The config tree: every experiment composes and instantiates; every validated key fails with its message."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from dpn_lab.config_validation import ConfigError, validate_config
+from dpn_lab.train import instantiate_group
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "dpn_lab" / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_the_top_level_conf_is_the_package_conf():
+    top = Path(__file__).resolve().parents[1] / "conf"
+    assert top.resolve() == CONF.resolve()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(make_cfg, experiment):
+    cfg = make_cfg([f"experiment={experiment}"])
+    validate_config(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(
+        cfg.model, input_shape=list(datamodule.input_shape), n_classes=datamodule.n_classes, _convert_="all"
+    )
+    assert model.net.potential.n_components == cfg.model.n_components
+    callbacks = instantiate_group(cfg.callbacks)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger) or False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("group", ["data", "trainer", "logger", "debug", "callbacks"])
+def test_every_option_of_a_group_composes(make_cfg, group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_")):
+        cfg = make_cfg([f"{group}={option}"])
+        if cfg.get("trainer", {}).get("accelerator") == "gpu" and not torch.cuda.is_available():
+            with pytest.raises(ConfigError, match="no CUDA device is visible"):
+                validate_config(cfg)
+        else:
+            validate_config(cfg)
+
+
+def test_optuna_search_composes(make_cfg):
+    cfg = make_cfg(["hparams_search=optuna"])
+    assert cfg.hydra.sweeper.direction == "maximize" and "model.n_components" in cfg.hydra.sweeper.params
+
+
+BAD_VALUES = [
+    (
+        "model.precision=dense",
+        "model.precision='dense' is not allowed; choose one of: full, diag, spherical, lowrank",
+    ),
+    ("model.extractor=resnet", "model.extractor='resnet' is not allowed; choose one of: mlp, cnn"),
+    (
+        "model.grad_mode=truncated",
+        "model.grad_mode='truncated' is not allowed; choose one of: unrolled, detach",
+    ),
+    (
+        "model.gradient_impl=fd",
+        "model.gradient_impl='fd' is not allowed; choose one of: closed_form, autograd",
+    ),
+    ("model.step_size=cosine", "model.step_size='cosine' is not allowed; choose one of: shared, per_step"),
+    ("model.init=random", "model.init='random' is not allowed; choose one of: kmeans, gmm"),
+    ("model.n_components=0", "model.n_components=0 is out of range: must be an integer >= 1"),
+    ("model.n_components=abc", "model.n_components='abc' has the wrong type: must be an integer >= 1"),
+    ("model.n_steps=-1", "model.n_steps=-1 is out of range: must be an integer >= 0"),
+    ("model.feature_dim=2.5", "model.feature_dim=2.5 has the wrong type: must be an integer >= 1"),
+    ("model.init_step_size=0", "model.init_step_size=0 is out of range: must be a number > 0"),
+    ("model.init_precision=-1", "model.init_precision=-1 is out of range: must be a number > 0"),
+    (
+        "model.langevin_temperature=-0.1",
+        "model.langevin_temperature=-0.1 is out of range: must be a number >= 0",
+    ),
+    ("model.step_supervision=-1", "model.step_supervision=-1 is out of range: must be a number >= 0"),
+    ("model.aux_loss_weight=-1", "model.aux_loss_weight=-1 is out of range: must be a number >= 0"),
+    ("model.init_samples=0", "model.init_samples=0 is out of range: must be an integer >= 1"),
+    (
+        "model.checkpoint_steps=maybe",
+        "model.checkpoint_steps='maybe' is not allowed; choose one of: True, False",
+    ),
+    (
+        "model.n_components=5000",
+        "model.n_components=5000 is out of range: must be <= model.init_samples=2000",
+    ),
+    (
+        "model.precision=lowrank model.rank=99",
+        "model.rank=99 is out of range: must be <= model.feature_dim=32",
+    ),
+    ("data.batch_size=0", "data.batch_size=0 is out of range: must be an integer >= 1"),
+    ("data.val_fraction=1.0", "data.val_fraction=1.0 is out of range: must be a number > 0 and < 1"),
+    ("data.test_fraction=0", "data.test_fraction=0 is out of range: must be a number > 0 and < 1"),
+    ("data.split_seed=-3", "data.split_seed=-3 is out of range: must be an integer >= 0"),
+    ("data.num_workers=-1", "data.num_workers=-1 is out of range: must be an integer >= 0"),
+    ("data.download=yes", "data.download='yes' is not allowed; choose one of: True, False"),
+    (
+        "+data.train_corruption={kind:blur,severity:1}",
+        "data.train_corruption.kind='blur' is not allowed; choose one of: gaussian, salt_pepper",
+    ),
+    (
+        "data.test_corruption={kind:salt_pepper,severity:1.5}",
+        "data.test_corruption.severity=1.5 is out of range: must be a number >= 0 and <= 1",
+    ),
+    (
+        "data.test_corruption=0.1",
+        "data.test_corruption=0.1 is not allowed: use null or {kind: ..., severity: ...}",
+    ),
+    (
+        "trainer.accelerator=fpga",
+        "trainer.accelerator='fpga' is not allowed; choose one of: auto, cpu, gpu, cuda, mps, tpu",
+    ),
+    ("trainer.precision=8-bit", "trainer.precision='8-bit' is not allowed; choose one of: 32-true"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is out of range: must be an integer >= 1"),
+    ("trainer.num_nodes=0", "trainer.num_nodes=0 is out of range: must be an integer >= 1"),
+    ("trainer.devices=0", "trainer.devices=0 is not allowed: use a count >= 1, a list of GPU ids, or auto"),
+    (
+        "trainer.accelerator=gpu",
+        "trainer.accelerator=gpu but no CUDA device is visible: use trainer.accelerator=auto or cpu",
+    ),
+    ("seed=-1", "seed=-1 is out of range: must be an integer >= 0 or null"),
+    (
+        "ckpt_path=/no/such.ckpt",
+        "ckpt_path='/no/such.ckpt' is not allowed: must be an existing checkpoint file, last, or null",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_values_are_named_with_what_is_allowed(make_cfg, overrides, message):
+    cfg = make_cfg(overrides.split())
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
