@@ -23,6 +23,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/refinement.py
+	$(BIN)/python bench/lightning_overhead.py
 
 train: install
 	$(BIN)/python -m dpn_lab.train $(ARGS)

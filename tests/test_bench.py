@@ -33,3 +33,22 @@ def test_refinement_benchmark_runs_and_prints_every_row():
     assert len(rows) == 6, result.stdout
     # the reference row compares with itself: zero gradient error, ratio 1
     assert rows[0].split()[-2:] == ["0.00e+00", "1.0000"]
+
+
+def test_lightning_overhead_benchmark_runs():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "lightning_overhead.py"),
+            "--extractor",
+            "mlp",
+            "--epochs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    ratio = [line for line in result.stdout.splitlines() if line.startswith("ratio")]
+    assert len(ratio) == 1 and float(ratio[0].split()[1].rstrip("x")) > 0

@@ -112,20 +112,23 @@ class DPNLitModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         loss, logits, _ = self._loss_and_logits(images, labels)
-        self.train_acc(logits, labels)
+        # update() rather than forward(): the per-batch accuracy would be computed and never logged
+        self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc, prog_bar=True)
         if self.net.potential.n_steps:
             self.log("refine/step_size", self.net.potential.step_sizes().mean().detach())
-        return loss
 
     def _evaluate(self, batch, stage: str) -> None:
         images, labels = batch
         loss, logits, states = self._loss_and_logits(images, labels)
         acc, mean_loss, gain = (getattr(self, f"{stage}_{name}") for name in ("acc", "loss", "gain"))
-        acc(logits, labels)
-        mean_loss(loss)
-        gain(self._potential_gain(states))
+        acc.update(logits, labels)
+        mean_loss.update(loss)
+        gain.update(self._potential_gain(states))
         self.log(f"{stage}/loss", mean_loss, prog_bar=stage == "val")
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
         self.log(f"{stage}/potential_gain", gain)
