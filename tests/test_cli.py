@@ -109,7 +109,7 @@ def test_multirun_with_several_devices_per_job_says_what_to_use(tmp_path):
     )
     sweep = only((tmp_path / "outputs" / "train" / "multiruns").iterdir())
     error = json.loads((sweep / "0" / "result.json").read_text())["error"]
-    assert "use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_local" in error, result.stderr
+    assert "use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_slurm" in error, result.stderr
 
 
 def test_a_bad_value_is_one_line_and_exit_1(tmp_path):
@@ -119,3 +119,87 @@ def test_a_bad_value_is_one_line_and_exit_1(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: ConfigError: model.precision='dense' is not allowed; choose one of: full, diag, spherical, lowrank"
     )
+
+
+def sweep_rows(tmp_path: Path) -> list[dict[str, str]]:
+    sweep = only((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    with open(sweep / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_optuna_search_runs_trials(tmp_path):
+    result = run_cli(
+        "dpn_lab.train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=1",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = sweep_rows(tmp_path)
+    assert len(rows) == 2 and all(
+        r["status"] == "ok" and "model.n_components=" in r["overrides"] for r in rows
+    )
+    sweep = only((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_multirun_job_with_two_devices_runs_with_ddp_spawn(tmp_path):
+    result = run_cli(
+        "dpn_lab.train",
+        "-m",
+        "trainer=ddp_sim",
+        "trainer.strategy=ddp_spawn",
+        "model.n_steps=2",
+        "trainer.max_epochs=1",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = sweep_rows(tmp_path)
+    assert row["status"] == "ok" and 0 < float(row["test/acc"]) <= 1
+
+
+def test_submitit_local_launcher_runs_jobs(tmp_path):
+    result = run_cli(
+        "dpn_lab.train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "model.n_steps=0,2",
+        "trainer.max_epochs=1",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["status"] for r in sweep_rows(tmp_path)] == ["ok", "ok"]
+
+
+def test_the_wheel_carries_the_configs(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    names = zipfile.ZipFile(only(tmp_path.glob("dpn_lab-*.whl"))).namelist()
+    for config in ("train.yaml", "eval.yaml", "model/dpn.yaml", "data/digits.yaml", "hydra/default.yaml"):
+        assert f"dpn_lab/conf/{config}" in names

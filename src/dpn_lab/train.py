@@ -36,18 +36,18 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
-    """Lightning's ddp re-executes the command per device, which under --multirun would restart the sweep."""
+    """Lightning's ddp re-executes the command once per device. Under --multirun that restarts the sweep
+    (local launcher) or runs the launcher's own entry point (submitit_local); only SLURM, where Lightning
+    uses the processes srun started, avoids it. ddp_spawn starts its processes without re-executing."""
     devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
     several = devices == "auto" or OmegaConf.is_list(devices) or (isinstance(devices, int) and devices > 1)
-    if (
-        multirun
-        and several
-        and strategy in ("auto", "ddp")
-        and HydraConfig.get().launcher.get("_target_", "").endswith("BasicLauncher")
-    ):
+    if not (multirun and several and strategy in ("auto", "ddp")):
+        return
+    if not str(HydraConfig.get().launcher.get("_target_", "")).endswith("SlurmLauncher"):
         raise ConfigError(
-            f"trainer.devices={devices} with trainer.strategy={strategy} cannot run under --multirun with the local "
-            "launcher: use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_local (or submitit_slurm)"
+            f"trainer.devices={devices} with trainer.strategy={strategy} cannot run under --multirun with this "
+            "launcher: use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_slurm with "
+            f"hydra.launcher.tasks_per_node={devices}"
         )
 
 
