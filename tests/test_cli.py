@@ -68,7 +68,10 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_parameters(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only((tmp_path / "outputs" / "train" / "runs").iterdir())
     checksums = json.loads((run_dir / "rank_checksums.json").read_text())
-    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    # after KMeansInit (train start) and after training: one value per rank, equal across ranks
+    for moment in ("train_start", "fit_end"):
+        assert len(checksums[moment]) == 2 and checksums[moment][0] == checksums[moment][1]
+    assert checksums["train_start"] != checksums["fit_end"]
     assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
 
 

@@ -122,6 +122,8 @@ def _check_rules(cfg: DictConfig, rules: dict[str, Choice | Number]) -> None:
 
 
 def _check_devices(cfg: DictConfig) -> None:
+    if OmegaConf.select(cfg, "trainer") is None:
+        return
     devices = OmegaConf.select(cfg, "trainer.devices")
     if devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1):
         pass

@@ -24,7 +24,8 @@ from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
 from dpn_lab.lit_module import DPNLitModule
 from dpn_lab.run_result import format_summary, write_result
-from dpn_lab.train import finish_wandb, instantiate_group, scalars
+from dpn_lab.train import instantiate_group, scalars
+from dpn_lab.wandb_setup import finish_wandb
 
 log = logging.getLogger("dpn_lab.eval")
 register_resolvers()

@@ -207,6 +207,7 @@ class DenoisingPotential(nn.Module):
         self.precision, self.gradient_impl, self.grad_mode = precision, gradient_impl, grad_mode
         self.checkpoint_steps, self.bound_step_size = checkpoint_steps, bound_step_size
         self.langevin_temperature, self.check_finite = langevin_temperature, check_finite
+        self.active = True  # False skips the ascent (a warm-up of the extractor before the centers are set)
 
         self.mu = nn.Parameter(torch.randn(n_components, dim))
         self.c = nn.Parameter(torch.zeros(n_components))
@@ -335,6 +336,8 @@ class DenoisingPotential(nn.Module):
         f = self._frozen()
         etas = self.step_sizes()
         states = [x]
+        if not self.active:
+            return states
         # The closed form checkpoints inside its own backward (it recomputes only y); autograd needs the
         # generic per-step checkpoint.
         use_checkpoint = (

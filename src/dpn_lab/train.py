@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
 from dpn_lab.resume import find_last_checkpoint
 from dpn_lab.run_result import format_summary, write_result
+from dpn_lab.wandb_setup import finish_wandb, name_runs_by_sweep
 
 log = logging.getLogger("dpn_lab.train")
 register_resolvers()
@@ -90,16 +90,11 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     return metrics, best or None
 
 
-def finish_wandb() -> None:
-    """Close the W&B run so the next job of a multirun starts its own."""
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish()
-
-
 def run_job(cfg: DictConfig) -> float | None:
     job = HydraConfig.get()
     output_dir, overrides = Path(job.runtime.output_dir), list(job.overrides.task)
     multirun = job.mode == RunMode.MULTIRUN
+    name_runs_by_sweep(cfg)
     try:
         metrics, best = train(cfg, output_dir, multirun)
     except Exception as error:
