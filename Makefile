@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench train clean
+.PHONY: install test lint bench train robustness clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ lint: install
 bench: install
 	$(BIN)/python bench/refinement.py
 	$(BIN)/python bench/lightning_overhead.py
+
+robustness: install
+	$(BIN)/python -m dpn_lab.train experiment=robustness_digits
 
 train: install
 	$(BIN)/python -m dpn_lab.train $(ARGS)

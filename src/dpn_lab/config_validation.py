@@ -169,6 +169,27 @@ def _check_corruption(cfg: DictConfig, key: str) -> None:
     _check_rules(cfg, {f"{key}.severity": Number(low=0, high=high)})
 
 
+def _check_robustness(cfg: DictConfig) -> None:
+    kinds = OmegaConf.select(cfg, "eval.corruptions")
+    if kinds is None:
+        return
+    if not OmegaConf.is_list(kinds):
+        raise ConfigError(
+            f"eval.corruptions={kinds!r} is not allowed: use a list of {', '.join(CORRUPTIONS)}"
+        )
+    for i, kind in enumerate(kinds):
+        _check_rules(cfg, {f"eval.corruptions.{i}": Choice(tuple(CORRUPTIONS))})
+        levels = OmegaConf.select(cfg, f"eval.levels.{kind}")
+        if not OmegaConf.is_list(levels) or not levels:
+            raise ConfigError(
+                f"eval.levels.{kind}={levels!r} is not allowed: use a non-empty list of severities"
+            )
+        high = 1.0 if kind == "salt_pepper" else None
+        for j in range(len(levels)):
+            _check_rules(cfg, {f"eval.levels.{kind}.{j}": Number(low=0, high=high)})
+    _check_rules(cfg, {"eval.seed": Number(integer=True, low=0)})
+
+
 def _check_ckpt_path(cfg: DictConfig, required: bool) -> None:
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt is None and not required:
@@ -189,6 +210,7 @@ def validate_config(cfg: DictConfig, for_eval: bool = False) -> None:
         lambda: _check_corruption(cfg, "data.test_corruption"),
         lambda: _check_rules(cfg, TRAINER_RULES),
         lambda: _check_devices(cfg),
+        lambda: _check_robustness(cfg),
         lambda: _check_ckpt_path(cfg, required=for_eval),
     ]
     if not for_eval:

@@ -1,10 +1,19 @@
-"""Input corruptions for images in their valid pixel range [0, 1], each deterministic given a generator."""
+"""Input corruptions for images (N x C x H x W) in their valid pixel range [0, 1].
+
+Each is deterministic given a generator, and severity 0 leaves the images unchanged:
+    gaussian     severity = sigma of additive N(0, sigma^2) noise, result clipped to [0, 1]
+    salt_pepper  severity = p, the fraction of pixels set to 0 or 1 (half each)
+    occlusion    severity = side (pixels) of one square per image, at a random place, set to 0
+    blur         severity = sigma (pixels) of a Gaussian blur (kernel radius ceil(3 sigma), edges extended)
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Corruption = Callable[[Tensor, float, torch.Generator | None], Tensor]
@@ -25,7 +34,42 @@ def salt_and_pepper(images: Tensor, p: float, generator: torch.Generator | None 
     return out
 
 
-CORRUPTIONS: dict[str, Corruption] = {"gaussian": gaussian_noise, "salt_pepper": salt_and_pepper}
+def occlusion(images: Tensor, side: float, generator: torch.Generator | None = None) -> Tensor:
+    """One side x side square per image, placed uniformly inside the image, set to 0."""
+    n, _, height, width = images.shape
+    side = int(side)
+    if side > min(height, width):
+        raise ValueError(f"occlusion side {side} exceeds the {height}x{width} image")
+    top = torch.randint(0, height - side + 1, (n,), generator=generator).to(images.device)
+    left = torch.randint(0, width - side + 1, (n,), generator=generator).to(images.device)
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    inside_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)  # n x H
+    inside_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)  # n x W
+    mask = (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)  # n x 1 x H x W
+    return images.masked_fill(mask, 0.0)
+
+
+def gaussian_blur(images: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """Separable Gaussian blur of every channel (no randomness: the generator is unused)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    out = F.conv2d(F.conv2d(padded, horizontal, groups=channels), vertical, groups=channels)
+    return out.clamp_(0.0, 1.0)
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "gaussian": gaussian_noise,
+    "salt_pepper": salt_and_pepper,
+    "occlusion": occlusion,
+    "blur": gaussian_blur,
+}
 
 
 def corrupt(images: Tensor, kind: str, severity: float, generator: torch.Generator | None = None) -> Tensor:

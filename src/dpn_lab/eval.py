@@ -24,7 +24,7 @@ from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
 from dpn_lab.lit_module import DPNLitModule
 from dpn_lab.run_result import format_summary, write_result
-from dpn_lab.train import instantiate_group, scalars
+from dpn_lab.train import instantiate_group, report_robustness, scalars
 from dpn_lab.wandb_setup import finish_wandb
 
 log = logging.getLogger("dpn_lab.eval")
@@ -63,7 +63,7 @@ def data_config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> dict[s
     raise ConfigError(f"ckpt_path={path}: the checkpoint does not record its data; pass data=<name>")
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
+def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """load checkpoint -> data -> model -> trainer -> test. Returns the test metrics."""
     validate_config(cfg, for_eval=True)
     if cfg.seed is not None:
@@ -76,13 +76,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     trainer.test(model, datamodule=datamodule)
-    return scalars(trainer.callback_metrics)
+    metrics = scalars(trainer.callback_metrics)
+    if cfg.eval.corruptions:
+        metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
+    return metrics
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = evaluate(cfg)
+        metrics = evaluate(cfg, output_dir)
     finally:
         finish_wandb()
     if rank_zero_only.rank == 0:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 METRICS = ("test/acc", "test/loss", "val/acc_best", "test/potential_gain")
 
 
-def _split_overrides(all_overrides: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+def split_overrides(all_overrides: list[list[str]]) -> tuple[list[str], list[list[str]]]:
     """(overrides every job shares, each job's own): the table shows only what the sweep varied."""
     common = [o for o in all_overrides[0] if all(o in job for job in all_overrides)] if all_overrides else []
     return common, [[o for o in job if o not in common] or job for job in all_overrides]
@@ -29,7 +29,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     )
     killed = {"status": "failed", "overrides": [], "metrics": {}, "error": "no result.json (job killed?)"}
     results = [read_result(job_dir) or killed for job_dir in job_dirs]
-    common, varied = _split_overrides([r["overrides"] for r in results])
+    common, varied = split_overrides([r["overrides"] for r in results])
     rows = [
         {
             "job": job_dir.name,

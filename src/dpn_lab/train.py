@@ -19,6 +19,7 @@ from dpn_lab.cli_errors import USER_ERRORS, exit_on_user_error, one_line
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
 from dpn_lab.resume import find_last_checkpoint
+from dpn_lab.robustness import evaluate_and_report, markdown_table
 from dpn_lab.run_result import format_summary, write_result
 from dpn_lab.wandb_setup import finish_wandb, name_runs_by_sweep
 
@@ -87,7 +88,19 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
         log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(scalars(trainer.callback_metrics))
+        if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
+            metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
     return metrics, best or None
+
+
+def report_robustness(
+    model, datamodule, eval_cfg: DictConfig, output_dir: Path, loggers: list
+) -> dict[str, float]:
+    """Accuracy of the tested weights under each corruption level: files, W&B, a printed table, metrics."""
+    log.info(f"Robustness: {', '.join(eval_cfg.corruptions)}")
+    rows = evaluate_and_report(model.net, datamodule, eval_cfg, output_dir, loggers)
+    print("\naccuracy under corruption (test set)\n" + markdown_table(rows))
+    return {f"robust/{row['corruption']}@{row['severity']:g}": row["accuracy"] for row in rows}
 
 
 def run_job(cfg: DictConfig) -> float | None:

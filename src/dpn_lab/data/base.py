@@ -74,6 +74,7 @@ class TensorDataModule(L.LightningDataModule):
             )
         self.batch_size_per_device = batch_size
         self.splits: dict[str, TensorBatches] = {}
+        self.split_indices: dict[str, Tensor] = {}  # positions in the source (test: in the official test set)
 
     def load(self) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """(inputs, labels, official (test_inputs, test_labels) or None). Inputs as float, images in [0, 1]."""
@@ -99,9 +100,11 @@ class TensorDataModule(L.LightningDataModule):
             test_inputs, test_labels = inputs[test], labels[test]
         else:
             rest, (test_inputs, test_labels) = index, official_test
+            test = torch.arange(len(test_labels))
         train, val = train_test_split(
             rest, test_size=self.hparams.val_fraction, stratify=labels[rest], random_state=seed
         )
+        self.split_indices = {"train": train, "val": val, "test": test}
         generator = torch.Generator().manual_seed(seed)
         self.splits = {
             "train": TensorBatches(inputs[train], labels[train]),
