@@ -96,8 +96,8 @@ BAD_VALUES = [
     ("data.num_workers=-1", "data.num_workers=-1 is out of range: must be an integer >= 0"),
     ("data.download=yes", "data.download='yes' is not allowed; choose one of: True, False"),
     (
-        "+data.train_corruption={kind:blur,severity:1}",
-        "data.train_corruption.kind='blur' is not allowed; choose one of: gaussian, salt_pepper",
+        "data.train_corruption={kind:rain,severity:1}",
+        "data.train_corruption.kind='rain' is not allowed; choose one of: gaussian, salt_pepper, occlusion, blur",
     ),
     (
         "data.test_corruption={kind:salt_pepper,severity:1.5}",

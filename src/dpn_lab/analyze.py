@@ -12,10 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from dpn_lab.checkpoint_io import read_checkpoint
 from dpn_lab.cli_errors import exit_on_user_error
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import validate_config
-from dpn_lab.eval import data_config_from_checkpoint, load_checkpoint, model_from_checkpoint
+from dpn_lab.eval import data_config_from_checkpoint, model_from_checkpoint
 from dpn_lab.figure_report import write_figures
 from dpn_lab.lit_module import DPNLitModule
 
@@ -75,7 +76,7 @@ def summary_markdown(model: DPNLitModule, checkpoint: dict[str, Any], accuracy: 
 def analyze(cfg: DictConfig, output_dir: Path) -> dict[str, Path]:
     """load checkpoint -> data -> model -> figures + summary.md. Returns {kind: path} of what was written."""
     validate_config(cfg, for_eval=True)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") else data_config_from_checkpoint(checkpoint, cfg.ckpt_path)
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.setup()

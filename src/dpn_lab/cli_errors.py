@@ -10,10 +10,18 @@ from typing import TypeVar
 
 from dpn_lab.config_validation import ConfigError
 from dpn_lab.data.base import DataError
+from dpn_lab.lit_module import DivergenceError
 from dpn_lab.potential import NonFiniteRefinementError
 
 # Mistakes a user can act on. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, DataError, NonFiniteRefinementError, ValueError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    DivergenceError,
+    NonFiniteRefinementError,
+    ValueError,
+    FileNotFoundError,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("dpn_lab")

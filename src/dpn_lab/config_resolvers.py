@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,9 +22,19 @@ def _wandb_offline() -> bool:
     return not (os.environ.get("WANDB_API_KEY") or logged_in)
 
 
+def _run_name() -> str:
+    """<date>_<time>_<8 random hex digits>, unique even for jobs started in the same second. Under SLURM:
+    slurm_<job id>[_<array task>], stable across requeues, so a requeued job finds its own checkpoints."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm_{job}" + (f"_{task}" if task else "")
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{uuid.uuid4().hex[:8]}"
+
+
 def register_resolvers() -> None:
-    """Register `${run_id:}` (8 random hex digits, cached per config) and `${wandb_offline:}`."""
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", lambda: uuid.uuid4().hex[:8], use_cache=True)
+    """Register `${run_name:}` (cached per config, see _run_name) and `${wandb_offline:}`."""
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", _run_name, use_cache=True)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)

@@ -1,24 +1,23 @@
 """python -m dpn_lab.eval ckpt_path=PATH [data=...]: test a trained checkpoint.
 
-The checkpoint is read with torch.load(weights_only=True), so a checkpoint from someone else cannot run
+The checkpoint is read with torch.load(weights_only=True) (dpn_lab.checkpoint_io.read_checkpoint), so a checkpoint from someone else cannot run
 code. Model and (unless `data=` is given) data are rebuilt from what the checkpoint stores.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
+from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
 from dpn_lab.cli_errors import exit_on_user_error
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
@@ -31,27 +30,13 @@ log = logging.getLogger("dpn_lab.eval")
 register_resolvers()
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """The checkpoint as plain data (weights_only=True); a one-line ConfigError if it cannot be read."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        reason = str(error).splitlines()[0][:200]
-        raise ConfigError(f"ckpt_path={path}: not a readable dpn_lab checkpoint ({reason})") from None
-
-
 def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule:
-    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ConfigError(
-            f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters/state_dict)"
-        )
+    """The DPNLitModule the checkpoint's hyperparameters describe, with its weights."""
+    if "hyper_parameters" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters)")
     model = DPNLitModule(**checkpoint["hyper_parameters"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise ConfigError(
-            f"ckpt_path={path}: weights do not fit its model ({str(error).splitlines()[0]})"
-        ) from None
+    check_checkpoint_fits(model, checkpoint, path)
+    model.load_state_dict(checkpoint["state_dict"])
     return model
 
 
@@ -69,7 +54,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     log.info(f"Loading checkpoint {cfg.ckpt_path}")
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") else data_config_from_checkpoint(checkpoint, cfg.ckpt_path)
     datamodule = instantiate(data_cfg, _convert_="all")
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path)

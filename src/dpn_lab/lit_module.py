@@ -14,7 +14,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dpn_lab.architecture import FullArchitecture
 from dpn_lab.extractors import build_extractor
-from dpn_lab.potential import DenoisingPotential
+from dpn_lab.potential import DenoisingPotential, NonFiniteRefinementError
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or refinement: the message names where and the likely cause."""
 
 
 class DPNLitModule(L.LightningModule):
@@ -109,9 +113,24 @@ class DPNLitModule(L.LightningModule):
         # sanity-check validation must not count towards the best accuracy
         self.val_acc_best.reset()
 
+    def _diverged(self, what: str) -> DivergenceError:
+        hp = self.hparams
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr", "?") if self.optimizer_factory else "?"
+        return DivergenceError(
+            f"training diverged at epoch {self.current_epoch}, global step {self.global_step}: {what}. Likely "
+            f"cause: the learning rate (model.optimizer.lr={lr}) or the refinement step (model.init_step_size="
+            f"{hp.init_step_size}, now eta={self.net.potential.step_sizes().max().item() if hp.n_steps else 0:.4g})"
+            " is too large; lower it, or set model.bound_step_size=true. Checkpoints on disk are the last finite ones."
+        )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        loss, logits, _ = self._loss_and_logits(images, labels)
+        try:
+            loss, logits, _ = self._loss_and_logits(images, labels)
+        except NonFiniteRefinementError as error:
+            raise self._diverged(str(error).removeprefix("DenoisingPotential: ")) from None
+        if not torch.isfinite(loss):
+            raise self._diverged(f"the loss is {loss.item()}")
         # update() rather than forward(): the per-batch accuracy would be computed and never logged
         self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)

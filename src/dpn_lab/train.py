@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
 from dpn_lab.cli_errors import USER_ERRORS, exit_on_user_error, one_line
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
@@ -78,6 +79,8 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     ckpt_path = find_last_checkpoint(cfg, output_dir) if cfg.ckpt_path == "last" else cfg.ckpt_path
+    if ckpt_path:
+        check_checkpoint_fits(model, read_checkpoint(ckpt_path), ckpt_path)
     if cfg.train:
         log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,16 @@ class TorchvisionDataModule(TensorDataModule):
         root = Path(self.hparams.data_dir).expanduser().resolve()
         try:
             return cls(str(root), train=train, download=self.hparams.download)
-        except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+        except (
+            RuntimeError,
+            ValueError,
+            OSError,
+            EOFError,
+            pickle.UnpicklingError,
+        ) as error:  # missing or corrupt
             raise DataError(
-                f"data={self.config_name}: no usable {self.dataset_name} files under {root} ({error}); set "
+                f"data={self.config_name}: no usable {self.dataset_name} files under {root} "
+                f"({' '.join(str(error).split())[:160]}); set "
                 f"data.download=true to fetch them there, or point data.data_dir at a copy"
             ) from None
 
