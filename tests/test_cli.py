@@ -55,9 +55,12 @@ def test_resume_last_continues_at_the_right_epoch(tmp_path):
     runs = sorted((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 2
     second = next(r for r in runs if "ckpt_path=last" in (r / ".hydra" / "overrides.yaml").read_text())
+    first = next(r for r in runs if r != second)
     epochs = {row["epoch"] for row in read_metrics_csv(second) if row.get("val/acc")}
     assert epochs == {"2", "3"}
-    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    # the resumed run keeps writing checkpoints where the first one did
+    assert not (second / "checkpoints").exists()
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
     # another model is another experiment: nothing to resume
     other = run_cli("dpn_lab.train", "ckpt_path=last", "model.n_components=4", cwd=tmp_path)
     assert other.returncode == 1 and "ckpt_path=last: no earlier run of this data+model+seed" in other.stderr

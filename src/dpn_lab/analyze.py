@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dpn_lab.checkpoint_io import read_checkpoint
-from dpn_lab.cli_errors import exit_on_user_error
+from dpn_lab.cli_errors import check_overrides, exit_on_user_error
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import validate_config
 from dpn_lab.eval import data_config_from_checkpoint, model_from_checkpoint
@@ -106,8 +107,14 @@ def analyze(cfg: DictConfig, output_dir: Path) -> dict[str, Path]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     exit_on_user_error(lambda: analyze(cfg, Path(HydraConfig.get().runtime.output_dir)))
+
+
+def main() -> None:
+    """The command line: overrides are checked in one line before Hydra starts the job."""
+    exit_on_user_error(lambda: check_overrides("analyze", sys.argv[1:]))
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ class Choice:
     allowed: tuple[Any, ...]
 
     def check(self, value: Any) -> str | None:
-        if value not in self.allowed:
+        # type-strict: 0 == False and 1 == True in Python, but 0 is no answer to a true/false key
+        if not any(type(value) is type(a) and value == a for a in self.allowed):
             return "is not allowed; choose one of: " + ", ".join(str(a) for a in self.allowed)
         return None
 
@@ -53,6 +55,8 @@ class Number:
         wrong_type = isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float))
         if wrong_type:
             return f"has the wrong type: must be {self.describe()}"
+        if not math.isfinite(value):
+            return f"is not finite: must be {self.describe()}"
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return f"is out of range: must be {self.describe()}"
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):

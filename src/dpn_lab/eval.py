@@ -7,6 +7,7 @@ code. Model and (unless `data=` is given) data are rebuilt from what the checkpo
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
-from dpn_lab.cli_errors import exit_on_user_error
+from dpn_lab.cli_errors import check_overrides, exit_on_user_error
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
 from dpn_lab.lit_module import DPNLitModule
@@ -80,8 +81,14 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     exit_on_user_error(lambda: run_eval(cfg))
+
+
+def main() -> None:
+    """The command line: overrides are checked in one line before Hydra starts the job."""
+    exit_on_user_error(lambda: check_overrides("eval", sys.argv[1:]))
+    hydra_main()
 
 
 if __name__ == "__main__":

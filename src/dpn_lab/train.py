@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,11 @@ import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
-from dpn_lab.cli_errors import USER_ERRORS, exit_on_user_error, one_line
+from dpn_lab.cli_errors import USER_ERRORS, check_overrides, exit_on_user_error, one_line
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import ConfigError, validate_config
 from dpn_lab.resume import find_last_checkpoint
@@ -61,6 +63,12 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     """seed -> data -> model -> callbacks -> loggers -> trainer -> fit -> test. Returns (metrics, best ckpt)."""
     validate_config(cfg)
     check_launch(cfg, multirun)
+    ckpt_path = find_last_checkpoint(cfg, output_dir) if cfg.ckpt_path == "last" else cfg.ckpt_path
+    if ckpt_path:
+        # ModelCheckpoint restores its best-so-far only in the same directory: continue writing there
+        with open_dict(cfg):
+            cfg.paths.checkpoint_dir = str(Path(ckpt_path).resolve().parent)
+        log.info(f"Resuming from {ckpt_path}; checkpoints continue in {cfg.paths.checkpoint_dir}")
     if cfg.seed is not None:
         log.info(f"Seeding everything with seed={cfg.seed}")
         L.seed_everything(cfg.seed, workers=True)
@@ -78,22 +86,33 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    ckpt_path = find_last_checkpoint(cfg, output_dir) if cfg.ckpt_path == "last" else cfg.ckpt_path
     if ckpt_path:
         check_checkpoint_fits(model, read_checkpoint(ckpt_path), ckpt_path)
-    if cfg.train:
-        log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = scalars(trainer.callback_metrics)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.test:
-        test_ckpt = best or (None if cfg.train else ckpt_path)
-        log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
-        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
-        metrics.update(scalars(trainer.callback_metrics))
+    try:
+        if cfg.train:
+            log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = scalars(trainer.callback_metrics)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.test:
+            test_ckpt = best or (None if cfg.train else ckpt_path)
+            log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
+            trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+            metrics.update(scalars(trainer.callback_metrics))
+    except BaseException:
+        stop_other_ranks(trainer)
+        raise
         if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
             metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
     return metrics, best or None
+
+
+def stop_other_ranks(trainer: L.Trainer) -> None:
+    """When the launching process fails, Lightning leaves the DDP processes it started waiting in a
+    collective (until gloo/NCCL time out after 30 minutes): end them now. (A failing child is handled by
+    Lightning's own process observer, which ends the rest.)"""
+    if trainer.strategy.launcher is not None:
+        trainer.strategy.launcher.kill(signal.SIGKILL)
 
 
 def report_robustness(
@@ -132,8 +151,14 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     return exit_on_user_error(lambda: run_job(cfg))
+
+
+def main() -> None:
+    """The command line: overrides are checked in one line before Hydra starts the job."""
+    exit_on_user_error(lambda: check_overrides("train", sys.argv[1:]))
+    hydra_main()
 
 
 if __name__ == "__main__":
