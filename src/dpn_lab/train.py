@@ -99,11 +99,11 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
             log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
             trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
             metrics.update(scalars(trainer.callback_metrics))
+            if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
+                metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
     except BaseException:
         stop_other_ranks(trainer)
         raise
-        if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
-            metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
     return metrics, best or None
 
 
