@@ -120,6 +120,8 @@ def report_robustness(
 ) -> dict[str, float]:
     """Accuracy of the tested weights under each corruption level: files, W&B, a printed table, metrics."""
     log.info(f"Robustness: {', '.join(eval_cfg.corruptions)}")
+    if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
+        datamodule.setup("test")
     rows = evaluate_and_report(model.net, datamodule, eval_cfg, output_dir, loggers)
     print("\naccuracy under corruption (test set)\n" + markdown_table(rows))
     return {f"robust/{row['corruption']}@{row['severity']:g}": row["accuracy"] for row in rows}
