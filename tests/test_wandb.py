@@ -45,6 +45,9 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
     run_result = json.loads((offline.parents[1] / "result.json").read_text())["metrics"]
     for metric in ("test/acc", "test/loss", "val/acc_best", "train/loss", "init/inertia"):
         assert metric in values
+    # the robustness pass after testing: a W&B table and its plot
+    assert values["robustness/table"]["_type"] == "table-file"
+    assert values["robustness/accuracy_vs_severity"]["_type"] == "images/separated"
     assert values["test/acc"] == pytest.approx(run_result["test/acc"])
     # the fully resolved config: interpolations replaced by values
     config = json.dumps(summary["config"])
