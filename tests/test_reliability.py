@@ -207,11 +207,13 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert "Received SIGTERM" in stderr
+    assert process.returncode == 143  # 128 + SIGTERM: a scheduler sees that the job did not finish
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     last = run / "checkpoints" / "last.ckpt"
     assert last.stat().st_mtime >= signalled  # written because of the signal, not left from an epoch end
     state = read_checkpoint(str(last))
     assert state["epoch"] < 199
+    assert json.loads((run / "result.json").read_text())["status"] == "preempted"
     resumed = run_cli(
         "dpn_lab.train",
         "trainer.max_epochs=" + str(state["epoch"] + 2),

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
 from dpn_lab.cli_errors import USER_ERRORS, check_overrides, exit_on_user_error, one_line
@@ -91,13 +92,13 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     try:
         if cfg.train:
             log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = scalars(trainer.callback_metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.test:
             test_ckpt = best or (None if cfg.train else ckpt_path)
             log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
-            trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+            trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
             metrics.update(scalars(trainer.callback_metrics))
             if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
                 metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
@@ -134,6 +135,12 @@ def run_job(cfg: DictConfig) -> float | None:
     name_runs_by_sweep(cfg)
     try:
         metrics, best = train(cfg, output_dir, multirun)
+    except SIGTERMException:
+        # pre-empted: last.ckpt was written (PreemptionCheckpoint); a scheduler must not read this as success
+        if rank_zero_only.rank == 0:
+            write_result(output_dir, "preempted", overrides, {}, "stopped by SIGTERM; resume with ckpt_path=last")
+        log.error("stopped by SIGTERM: last.ckpt is saved, resume with ckpt_path=last")
+        sys.exit(128 + signal.SIGTERM)
     except Exception as error:
         if rank_zero_only.rank == 0:
             write_result(output_dir, "failed", overrides, {}, one_line(error))
