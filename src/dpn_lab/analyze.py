@@ -52,11 +52,13 @@ def summary_markdown(model: DPNLitModule, checkpoint: dict[str, Any], accuracy: 
     }
     weights = potential.weights().detach()
     order = torch.argsort(weights, descending=True).tolist()
+    epoch = checkpoint.get("epoch")
+    trained = epoch + 1 if isinstance(epoch, int) else "?"
     etas = ", ".join(f"{float(e):.4g}" for e in potential.step_sizes().detach()) or "(no steps)"
     lines = [
         f"# DPN analysis of `{ckpt_path}`",
         "",
-        f"- trained epochs: {checkpoint.get('epoch', '?') + 1 if isinstance(checkpoint.get('epoch'), int) else '?'}, "
+        f"- trained epochs: {trained}, "
         f"global step {checkpoint.get('global_step', '?')}",
         f"- extractor `{hp.extractor}`, feature dim D={potential.dim}, K={potential.n_components} components, "
         f"T={potential.n_steps} steps, precision `{potential.precision}`, grad_mode `{potential.grad_mode}`",
