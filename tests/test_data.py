@@ -8,12 +8,12 @@ from dpn_lab.corruption import corrupt
 from dpn_lab.data import (
     BlobsDataModule,
     CIFAR10DataModule,
-    DataError,
     DigitsDataModule,
     FashionMNISTDataModule,
     MNIST5kDataModule,
     MNISTDataModule,
 )
+from dpn_lab.errors import DataError
 
 
 def test_digits_splits_are_stratified_disjoint_and_deterministic():

@@ -10,14 +10,13 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from dpn_lab.checkpoint_io import read_checkpoint
+from dpn_lab.checkpoint_io import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 from dpn_lab.cli_errors import check_overrides, exit_on_user_error
 from dpn_lab.config_resolvers import register_resolvers
 from dpn_lab.config_validation import validate_config
-from dpn_lab.eval import data_config_from_checkpoint, model_from_checkpoint
+from dpn_lab.data.registry import build_data_module
 from dpn_lab.figure_report import write_figures
 from dpn_lab.lit_module import DPNLitModule
 
@@ -58,8 +57,7 @@ def summary_markdown(model: DPNLitModule, checkpoint: dict[str, Any], accuracy: 
     lines = [
         f"# DPN analysis of `{ckpt_path}`",
         "",
-        f"- trained epochs: {trained}, "
-        f"global step {checkpoint.get('global_step', '?')}",
+        f"- trained epochs: {trained}, global step {checkpoint.get('global_step', '?')}",
         f"- extractor `{hp.extractor}`, feature dim D={potential.dim}, K={potential.n_components} components, "
         f"T={potential.n_steps} steps, precision `{potential.precision}`, grad_mode `{potential.grad_mode}`",
         f"- parameters: {sum(counts.values()):,} ("
@@ -80,8 +78,11 @@ def analyze(cfg: DictConfig, output_dir: Path) -> dict[str, Path]:
     """load checkpoint -> data -> model -> figures + summary.md. Returns {kind: path} of what was written."""
     validate_config(cfg, for_eval=True)
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    data_cfg = cfg.data if cfg.get("data") else data_config_from_checkpoint(checkpoint, cfg.ckpt_path)
-    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule = (
+        build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
+        if cfg.get("data")
+        else data_module_from_checkpoint(checkpoint, cfg.ckpt_path)
+    )
     datamodule.setup()
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
     train = datamodule.splits["train"]

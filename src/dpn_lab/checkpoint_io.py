@@ -1,7 +1,13 @@
-"""Checkpoint files: written atomically and never with non-finite weights; read as plain data only."""
+"""Checkpoint files: written atomically and never with non-finite weights; read as plain data only.
+
+Reading never runs code: torch.load(weights_only=True) refuses pickled objects, any `_target_` (an import
+path Hydra would call) is refused wherever it sits, and the model and data module are rebuilt by the
+package's own constructors from plain values.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import pickle
@@ -11,7 +17,16 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from dpn_lab.config_validation import ConfigError
+from dpn_lab.data.base import TensorDataModule
+from dpn_lab.data.registry import (
+    DATA_MODULES,
+    IMPORT_KEY,
+    build_data_module,
+    import_path_in,
+    parse_data_record,
+)
+from dpn_lab.errors import ConfigError
+from dpn_lab.lit_module import DPNLitModule
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +67,64 @@ class SafeCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
 
 
+def _data_record_key(checkpoint: dict[str, Any]) -> str | None:
+    """Where Lightning stored the data module's state: under its class name (records, and older Hydra-style
+    entries whose `_target_` names a dpn_lab data module)."""
+    names = {cls.__qualname__ for cls in DATA_MODULES.values()}
+    return next((key for key in checkpoint if key in names and isinstance(checkpoint[key], dict)), None)
+
+
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint as plain data (torch.load weights_only=True, so it cannot run code); a one-line
-    ConfigError when the file is missing, truncated, not a checkpoint, or asks to run code."""
+    """A checkpoint as plain data; a one-line ConfigError when the file is missing, truncated, not a
+    checkpoint, holds objects other than plain data (torch.load weights_only=True), or holds an import path
+    (`_target_`) anywhere but as the dpn_lab data module name of a checkpoint written before records."""
+    checkpoint = _load(path)
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(
+            f"ckpt_path={path}: not a dpn_lab training checkpoint (a {type(checkpoint).__name__}, not a mapping)"
+        )
+    data_key = _data_record_key(checkpoint)
+    if data_key:  # an older checkpoint's data `_target_` is matched by name there, never imported
+        parse_data_record(checkpoint[data_key], f"ckpt_path={path}")
+    found = import_path_in({k: v for k, v in checkpoint.items() if k != data_key})
+    if found:
+        raise ConfigError(
+            f"ckpt_path={path}: refused: {found[0]} holds an import path ({IMPORT_KEY}={found[1]!r}); "
+            "dpn_lab checkpoints hold plain data only"
+        )
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule:
+    """The DPNLitModule the checkpoint's hyperparameters describe, with its weights."""
+    hp = checkpoint.get("hyper_parameters")
+    if not isinstance(hp, dict):
+        raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters)")
+    accepted = {
+        p.name
+        for p in inspect.signature(DPNLitModule.__init__).parameters.values()
+        if p.name not in ("self", "optimizer", "scheduler")
+    }
+    unknown = sorted(set(hp) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"ckpt_path={path}: unknown hyperparameter {', '.join(unknown)}; a DPN takes: {', '.join(sorted(accepted))}"
+        )
+    model = DPNLitModule(**hp)
+    check_checkpoint_fits(model, checkpoint, path)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def data_module_from_checkpoint(checkpoint: dict[str, Any], path: str) -> TensorDataModule:
+    """The data module the checkpoint was trained on, rebuilt from its stored name and arguments."""
+    key = _data_record_key(checkpoint)
+    if key is None:
+        raise ConfigError(f"ckpt_path={path}: the checkpoint does not record its data; pass data=<name>")
+    return build_data_module(checkpoint[key], f"ckpt_path={path}")
+
+
+def _load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

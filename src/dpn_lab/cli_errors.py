@@ -8,10 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from dpn_lab.config_validation import ConfigError
-from dpn_lab.data.base import DataError
-from dpn_lab.lit_module import DivergenceError
-from dpn_lab.potential import NonFiniteRefinementError
+from dpn_lab.errors import ConfigError, DataError, DivergenceError, NonFiniteRefinementError
 
 # Mistakes a user can act on. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (

@@ -12,12 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.center_init import INIT_METHODS
 from dpn_lab.corruption import CORRUPTIONS
+from dpn_lab.errors import ConfigError
 from dpn_lab.extractors import EXTRACTORS
 from dpn_lab.potential import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_SIZES
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what is allowed."""
 
 
 @dataclass(frozen=True)

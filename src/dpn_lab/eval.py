@@ -9,44 +9,25 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
+from dpn_lab.checkpoint_io import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 from dpn_lab.cli_errors import check_overrides, exit_on_user_error
 from dpn_lab.config_resolvers import register_resolvers
-from dpn_lab.config_validation import ConfigError, validate_config
-from dpn_lab.lit_module import DPNLitModule
+from dpn_lab.config_validation import validate_config
+from dpn_lab.data.registry import build_data_module
 from dpn_lab.run_result import format_summary, write_result
 from dpn_lab.train import instantiate_group, report_robustness, scalars
 from dpn_lab.wandb_setup import finish_wandb
 
 log = logging.getLogger("dpn_lab.eval")
 register_resolvers()
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule:
-    """The DPNLitModule the checkpoint's hyperparameters describe, with its weights."""
-    if "hyper_parameters" not in checkpoint:
-        raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters)")
-    model = DPNLitModule(**checkpoint["hyper_parameters"])
-    check_checkpoint_fits(model, checkpoint, path)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
-
-
-def data_config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
-    """The data module's init arguments, which TensorDataModule.state_dict stores in every checkpoint."""
-    for value in checkpoint.values():
-        if isinstance(value, dict) and str(value.get("_target_", "")).startswith("dpn_lab.data."):
-            return value
-    raise ConfigError(f"ckpt_path={path}: the checkpoint does not record its data; pass data=<name>")
 
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
@@ -56,8 +37,11 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     log.info(f"Loading checkpoint {cfg.ckpt_path}")
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    data_cfg = cfg.data if cfg.get("data") else data_config_from_checkpoint(checkpoint, cfg.ckpt_path)
-    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule = (
+        build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
+        if cfg.get("data")
+        else data_module_from_checkpoint(checkpoint, cfg.ckpt_path)
+    )
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])

@@ -13,12 +13,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dpn_lab.architecture import FullArchitecture
+from dpn_lab.errors import DivergenceError, NonFiniteRefinementError
 from dpn_lab.extractors import build_extractor
-from dpn_lab.potential import DenoisingPotential, NonFiniteRefinementError
-
-
-class DivergenceError(FloatingPointError):
-    """Training produced a non-finite loss or refinement: the message names where and the likely cause."""
+from dpn_lab.potential import DenoisingPotential
 
 
 class DPNLitModule(L.LightningModule):

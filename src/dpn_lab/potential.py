@@ -34,14 +34,12 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from dpn_lab.errors import NonFiniteRefinementError
+
 PRECISIONS = ("full", "diag", "spherical", "lowrank")
 GRADIENT_IMPLS = ("closed_form", "autograd")
 GRAD_MODES = ("unrolled", "detach")
 STEP_SIZES = ("shared", "per_step")
-
-
-class NonFiniteRefinementError(FloatingPointError):
-    """The refined state or potential stopped being finite during the ascent."""
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

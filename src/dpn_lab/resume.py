@@ -4,23 +4,52 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from dpn_lab.config_validation import ConfigError
+from dpn_lab.data.registry import IMPORT_KEY, parse_data_record
+from dpn_lab.errors import ConfigError
 
-FINGERPRINT_KEYS = ("data", "model", "seed")
+log = logging.getLogger(__name__)
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
-    """A hash of what makes two runs the same experiment (data, model, seed); epochs may differ."""
-    part = {
-        key: OmegaConf.to_container(cfg[key], resolve=False) if OmegaConf.is_config(cfg[key]) else cfg[key]
-        for key in FINGERPRINT_KEYS
-        if key in cfg
-    }
+def config_fingerprint(cfg: DictConfig, source: str = "data") -> str:
+    """A hash of what makes two runs the same experiment (data, model, seed); epochs may differ.
+
+    Data enters as its plain record (name and arguments) and the model without the module path of its
+    class, so runs made before a module moved still match. A config whose data is not one of dpn_lab's
+    data modules raises ConfigError naming `source` (nothing in it is ever instantiated).
+    """
+    part: dict[str, Any] = {"seed": cfg.get("seed")}
+    if cfg.get("data") is not None:
+        data_class, args = parse_data_record(OmegaConf.to_container(cfg.data, resolve=False), source)
+        part["data"] = {"name": data_class.config_name, "args": args}
+    if cfg.get("model") is not None:
+        model = OmegaConf.to_container(cfg.model, resolve=False)
+        part["model"] = {k: v for k, v in model.items() if k != IMPORT_KEY}
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _saved_fingerprint(saved: Path) -> str | None:
+    """The fingerprint of an earlier run's .hydra/config.yaml, or None (with a warning) when the file cannot
+    be read or describes no dpn_lab data module."""
+    try:
+        return config_fingerprint(OmegaConf.load(saved), str(saved))
+    except (
+        ConfigError,
+        OmegaConfBaseException,
+        yaml.YAMLError,
+        OSError,
+        ValueError,
+        AttributeError,
+    ) as error:
+        log.warning(f"ckpt_path=last: skipping {saved}: {' '.join(str(error).split())[:200]}")
+        return None
 
 
 def find_last_checkpoint(cfg: DictConfig, current_run: Path) -> Path:
@@ -33,7 +62,7 @@ def find_last_checkpoint(cfg: DictConfig, current_run: Path) -> Path:
         last = run_dir / "checkpoints" / "last.ckpt"
         if run_dir.resolve() == current_run.resolve() or not last.is_file():
             continue
-        if config_fingerprint(OmegaConf.load(saved)) == wanted:
+        if _saved_fingerprint(saved) == wanted:
             candidates.append(last)
     if not candidates:
         raise ConfigError(

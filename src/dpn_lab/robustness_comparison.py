@@ -18,11 +18,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
+from dpn_lab.data.registry import build_data_module
 from dpn_lab.robustness import accuracy_plot, index_digest, robustness_rows, write_rows
 from dpn_lab.run_result import read_result
 from dpn_lab.sweep_summary import split_overrides
@@ -51,7 +51,7 @@ def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     ):
         result, meta_path = read_result(job_dir), job_dir / "robustness.json"
         if result and result["status"] == "ok" and meta_path.is_file():
-            finished.append((result, json.loads(meta_path.read_text())))
+            finished.append((result, {**json.loads(meta_path.read_text()), "path": str(meta_path)}))
     _, own = split_overrides([result["overrides"] for result, _ in finished])
     for (_, meta), own_overrides in zip(finished, own, strict=True):
         meta["label"] = model_label(own_overrides)
@@ -70,7 +70,7 @@ def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if key in seen:
             continue
         seen.add(key)
-        datamodule = instantiate(meta["data"], _convert_="all")
+        datamodule = build_data_module(meta["data"], f"{meta['path']}: data")
         datamodule.setup()
         digest = index_digest(datamodule.split_indices["test"])
         if digest != meta["test_index_digest"]:

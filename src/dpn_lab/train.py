@@ -21,7 +21,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
 from dpn_lab.cli_errors import USER_ERRORS, check_overrides, exit_on_user_error, one_line
 from dpn_lab.config_resolvers import register_resolvers
-from dpn_lab.config_validation import ConfigError, validate_config
+from dpn_lab.config_validation import validate_config
+from dpn_lab.data.registry import build_data_module
+from dpn_lab.errors import ConfigError
 from dpn_lab.resume import find_last_checkpoint
 from dpn_lab.robustness import evaluate_and_report, markdown_table
 from dpn_lab.run_result import format_summary, write_result
@@ -65,6 +67,7 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     validate_config(cfg)
     check_launch(cfg, multirun)
     ckpt_path = find_last_checkpoint(cfg, output_dir) if cfg.ckpt_path == "last" else cfg.ckpt_path
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # refuses files that are not plain data
     if ckpt_path:
         # ModelCheckpoint restores its best-so-far only in the same directory: continue writing there
         with open_dict(cfg):
@@ -74,7 +77,7 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
         log.info(f"Seeding everything with seed={cfg.seed}")
         L.seed_everything(cfg.seed, workers=True)
     log.info(f"Instantiating data <{cfg.data._target_}>")
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = instantiate(
         cfg.model, input_shape=list(datamodule.input_shape), n_classes=datamodule.n_classes, _convert_="all"
@@ -87,8 +90,8 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if ckpt_path:
-        check_checkpoint_fits(model, read_checkpoint(ckpt_path), ckpt_path)
+    if checkpoint:
+        check_checkpoint_fits(model, checkpoint, ckpt_path)
     try:
         if cfg.train:
             log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
@@ -138,7 +141,9 @@ def run_job(cfg: DictConfig) -> float | None:
     except SIGTERMException:
         # pre-empted: last.ckpt was written (PreemptionCheckpoint); a scheduler must not read this as success
         if rank_zero_only.rank == 0:
-            write_result(output_dir, "preempted", overrides, {}, "stopped by SIGTERM; resume with ckpt_path=last")
+            write_result(
+                output_dir, "preempted", overrides, {}, "stopped by SIGTERM; resume with ckpt_path=last"
+            )
         log.error("stopped by SIGTERM: last.ckpt is saved, resume with ckpt_path=last")
         sys.exit(128 + signal.SIGTERM)
     except Exception as error:

@@ -11,10 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dpn_lab.corruption import corrupt
-
-
-class DataError(RuntimeError):
-    """Data that cannot be loaded: missing or corrupt files, impossible splits."""
+from dpn_lab.errors import DataError
 
 
 class TensorBatches(Dataset):
@@ -50,6 +47,7 @@ class TensorDataModule(L.LightningDataModule):
             corruption is drawn fresh for every batch; test/val corruption is drawn once from split_seed.
     """
 
+    config_name: str = ""  # the data/ group option, and the name stored checkpoints rebuild it by
     input_shape: tuple[int, ...] = ()
     n_classes: int = 0
     pixel_range: bool = True  # inputs are images in [0, 1]; corruptions need that
@@ -143,6 +141,6 @@ class TensorDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict[str, Any]:
-        # Stored in every checkpoint, so `dpn_lab.eval` can rebuild the exact data without being told.
-        cls = type(self)
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **dict(self.hparams)}
+        """Stored in every checkpoint as plain data (name and arguments, never an import path), so
+        `dpn_lab.eval` rebuilds the exact data through `dpn_lab.data.registry` without being told."""
+        return {"name": self.config_name, "args": dict(self.hparams)}

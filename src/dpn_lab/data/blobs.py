@@ -9,7 +9,7 @@ from dpn_lab.data.base import TensorDataModule
 class BlobsDataModule(TensorDataModule):
     """`n_classes` isotropic Gaussian clusters in R^n_features (flat inputs, no pixel range)."""
 
-    pixel_range = False
+    config_name, pixel_range = "blobs", False
 
     def __init__(
         self,

@@ -2,13 +2,14 @@
 
 import torch
 
-from dpn_lab.data.base import DataError, TensorDataModule
+from dpn_lab.data.base import TensorDataModule
+from dpn_lab.errors import DataError
 
 
 class MNIST5kDataModule(TensorDataModule):
     """5,000 MNIST training images (500 per class), scaled to [0, 1]."""
 
-    input_shape = (1, 28, 28)
+    config_name, input_shape = "mnist5k", (1, 28, 28)
     n_classes = 10
 
     def load(self):

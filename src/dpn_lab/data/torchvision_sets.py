@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dpn_lab.data.base import DataError, TensorDataModule
+from dpn_lab.data.base import TensorDataModule
+from dpn_lab.errors import DataError
 
 
 class TorchvisionDataModule(TensorDataModule):
