@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench train robustness clean
+.PHONY: install test test-fast lint bench train robustness clean
 
 install: $(STAMP)
 
@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# everything, slow tests included: what .ci/run calls
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# the edit-run loop: tests under ~2 s each
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 lint: install
 	$(BIN)/ruff check src tests bench

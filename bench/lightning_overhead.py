@@ -19,7 +19,7 @@ import pytorch_lightning as L
 import torch
 
 from dpn_lab.data import DigitsDataModule
-from dpn_lab.lit_module import DPNLitModule
+from dpn_lab.model.lit_module import DPNLitModule
 
 
 class EpochTimer(L.Callback):

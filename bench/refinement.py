@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dpn_lab.potential import DenoisingPotential
+from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 
 @dataclass
@@ -101,14 +101,16 @@ def build(
 ) -> DenoisingPotential:
     torch.manual_seed(0)
     module = DenoisingPotential(
-        args.dim,
-        args.components,
-        n_steps=args.steps,
-        precision="full",
-        init_step_size=0.05,
-        gradient_impl=config.gradient_impl,
-        grad_mode=config.grad_mode,
-        checkpoint_steps=config.checkpoint_steps,
+        PotentialConfig(
+            args.dim,
+            args.components,
+            n_steps=args.steps,
+            precision="full",
+            init_step_size=0.05,
+            gradient_impl=config.gradient_impl,
+            grad_mode=config.grad_mode,
+            checkpoint_steps=config.checkpoint_steps,
+        )
     )
     with torch.no_grad():  # away from the identity start, so every parameter gets a generic gradient
         module.mu.mul_(0.5)

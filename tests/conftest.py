@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import struct
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from dpn_lab.config_resolvers import register_resolvers
+from dpn_lab.model.lit_module import DPNLitModule
+from dpn_lab.runs.resolvers import register_resolvers
 
 register_resolvers()
 
@@ -91,3 +94,87 @@ def run_cli(
         timeout=timeout,
         env=environment,
     )
+
+
+# Hostile files: what an attacker would put in a checkpoint or run directory if anything instantiated it.
+DATA_ARGS = {
+    "batch_size": 64,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "split_seed": 0,
+    "num_workers": 0,
+    "train_corruption": None,
+    "test_corruption": None,
+    "data_dir": "data",
+    "download": False,
+}
+
+
+LEGACY_TARGET = "dpn_lab.data.digits.DigitsDataModule"  # what checkpoints held before data records
+
+
+class _Shell:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def payloads(place: Path) -> dict[str, dict]:
+    """Hydra specs that would run a command, empty a file or write one if anything instantiated them."""
+    pickled = _Shell()
+    pickled.marker = place / "marker_pickle"
+    (place / "payload.pkl").write_bytes(pickle.dumps(pickled))
+    return {
+        "os.system": {"_target_": "os.system", "_args_": [f"touch {place / 'marker_system'}"]},
+        "builtins.open": {"_target_": "builtins.open", "_args_": [str(place / "victim.txt"), "w"]},
+        "pathlib.Path.write_text": {
+            "_target_": "pathlib.Path.write_text",
+            "self": {"_target_": "pathlib.Path", "_args_": [str(place / "marker_write")]},
+            "data": "owned",
+        },
+        "torch.load": {"_target_": "torch.load", "f": str(place / "payload.pkl"), "weights_only": False},
+    }
+
+
+def placements(payload: dict) -> dict[str, dict]:
+    """Where a payload can sit in a checkpoint: the data entry (old and new form) and the hyperparameters."""
+    return {
+        "legacy data, nested": {
+            "DigitsDataModule": {"_target_": LEGACY_TARGET, **DATA_ARGS, "train_corruption": payload}
+        },
+        "data entry replaced": {"DigitsDataModule": payload},
+        "record args": {
+            "DigitsDataModule": {"name": "digits", "args": {**DATA_ARGS, "test_corruption": payload}}
+        },
+        "hyperparameters": {"hyper_parameters_extra": {"extractor_kwargs": payload}},
+    }
+
+
+def checkpoint_file(path: Path, extra: dict | None = None, data: dict | None = None) -> Path:
+    """A real checkpoint of an untrained default DPN (what Lightning writes, minus loop state)."""
+    torch.manual_seed(0)
+    model = DPNLitModule(input_shape=[1, 8, 8], n_classes=10, extractor="cnn", precision="diag")
+    checkpoint = {
+        "epoch": 0,
+        "global_step": 0,
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "DigitsDataModule": data or {"name": "digits", "args": DATA_ARGS},
+    }
+    for key, value in (extra or {}).items():
+        if key == "hyper_parameters_extra":
+            checkpoint["hyper_parameters"].update(value)
+        else:
+            checkpoint[key] = value
+    torch.save(checkpoint, path)
+    return path
+
+
+def untouched(place: Path, victim_hash: str) -> None:
+    assert hashlib.sha256((place / "victim.txt").read_bytes()).hexdigest() == victim_hash
+    assert not [p.name for p in place.glob("marker*")]
+
+
+@pytest.fixture
+def place(tmp_path) -> tuple[Path, str]:
+    (tmp_path / "victim.txt").write_text("a researcher's notes\n")
+    return tmp_path, hashlib.sha256(b"a researcher's notes\n").hexdigest()

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test takes more than ~2 s
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,13 +1,19 @@
 """The config tree: every experiment composes and instantiates; every validated key fails with its message."""
 
+import inspect
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from dpn_lab.config_validation import ConfigError, validate_config
-from dpn_lab.train import instantiate_group
+from dpn_lab.config import MODEL_RULES, ConfigError, validate_config
+from dpn_lab.data.registry import build_data_module
+from dpn_lab.model.lit_module import DPNLitModule
+from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
+from dpn_lab.runs.instantiate import instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "dpn_lab" / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -22,7 +28,7 @@ def test_the_top_level_conf_is_the_package_conf():
 def test_every_experiment_composes_and_instantiates(make_cfg, experiment):
     cfg = make_cfg([f"experiment={experiment}"])
     validate_config(cfg)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
     model = instantiate(
         cfg.model, input_shape=list(datamodule.input_shape), n_classes=datamodule.n_classes, _convert_="all"
     )
@@ -134,3 +140,26 @@ def test_bad_values_are_named_with_what_is_allowed(make_cfg, overrides, message)
         validate_config(cfg)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_potential_arguments_are_written_once_and_agree_everywhere():
+    """PotentialConfig holds the potential's arguments and defaults; the YAML, the validation rules and
+    DPNLitModule must agree with it (this fails when one of them drifts)."""
+    yaml_model = OmegaConf.load(CONF / "model" / "dpn.yaml")
+    lit = {
+        p.name: p.default
+        for p in inspect.signature(DPNLitModule.__init__).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
+    }
+    potential_fields = {f.name: f.default for f in fields(PotentialConfig)}
+    assert not set(potential_fields) & set(lit)  # each argument has one home
+    for name, default in potential_fields.items():
+        assert yaml_model[name] == default, name
+        assert MODEL_RULES[f"model.{name}"].check(default) is None, name
+    for name, default in lit.items():
+        if name not in ("optimizer", "scheduler"):
+            assert yaml_model[name] == (default if default is not None else {}), name
+    model_keys = {key.removeprefix("model.") for key in MODEL_RULES}
+    assert model_keys <= set(potential_fields) | set(lit)
+    assert set(yaml_model) - {"_target_", "optimizer", "scheduler", "extractor_kwargs"} <= model_keys
+    assert list(inspect.signature(DenoisingPotential.__init__).parameters) == ["self", "config"]

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from dpn_lab.checkpoint_io import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
-from dpn_lab.cli_errors import check_overrides, exit_on_user_error
-from dpn_lab.config_resolvers import register_resolvers
-from dpn_lab.config_validation import validate_config
-from dpn_lab.data.registry import build_data_module
-from dpn_lab.figure_report import write_figures
-from dpn_lab.lit_module import DPNLitModule
+from dpn_lab.callbacks.figure_logger import FigureLogger
+from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
+from dpn_lab.config import validate_config
+from dpn_lab.model.lit_module import DPNLitModule
+from dpn_lab.runs.resolvers import register_resolvers
+from dpn_lab.runs.task import command_line, exit_on_user_error, run_task
+from dpn_lab.viz.report import write_figures
 
 log = logging.getLogger("dpn_lab.analyze")
 register_resolvers()
-
-
-def training_history(checkpoint: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
-    """The per-epoch history that FigureLogger stores in checkpoints (empty if it was not used)."""
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("FigureLogger") and "history" in state:
-            return {k: [tuple(p) for p in v] for k, v in state["history"].items()}
-    return {}
 
 
 @torch.no_grad()
@@ -74,50 +64,41 @@ def summary_markdown(model: DPNLitModule, checkpoint: dict[str, Any], accuracy: 
     return "\n".join(lines) + "\n"
 
 
-def analyze(cfg: DictConfig, output_dir: Path) -> dict[str, Path]:
-    """load checkpoint -> data -> model -> figures + summary.md. Returns {kind: path} of what was written."""
+def analyze(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]:
+    """load checkpoint -> data -> model -> figures + summary.md. Returns ({test/acc}, None)."""
     validate_config(cfg, for_eval=True)
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    datamodule = (
-        build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
-        if cfg.get("data")
-        else data_module_from_checkpoint(checkpoint, cfg.ckpt_path)
-    )
+    datamodule = data_module_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.get("data"))
     datamodule.setup()
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
-    train = datamodule.splits["train"]
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed or 0))[: cfg.n_samples]
-    inputs, labels = train.__getitems__(pick.tolist())
-    written = write_figures(
+    inputs, labels = datamodule.splits["train"].sample(cfg.n_samples, cfg.seed or 0)
+    history = FigureLogger.history_in(checkpoint)
+    write_figures(
         model.net,
         inputs,
         labels,
         model.hparams.n_classes,
-        training_history(checkpoint),
+        history,
         output_dir / "figures",
         "final",
         cfg.n_paths,
     )
     test = datamodule.splits["test"]
-    summary = summary_markdown(
-        model, checkpoint, test_accuracy(model, test.inputs, test.labels), cfg.ckpt_path
-    )
-    written["summary"] = output_dir / "summary.md"
-    written["summary"].write_text(summary)
+    accuracy = test_accuracy(model, test.inputs, test.labels)
+    summary = summary_markdown(model, checkpoint, accuracy, cfg.ckpt_path)
+    (output_dir / "summary.md").write_text(summary)
     log.info(f"analysis written to {output_dir}")
     print(summary)
-    return written
+    return {"test/acc": accuracy}, None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def hydra_main(cfg: DictConfig) -> None:
-    exit_on_user_error(lambda: analyze(cfg, Path(HydraConfig.get().runtime.output_dir)))
+    exit_on_user_error(lambda: run_task(cfg, lambda output_dir, _: analyze(cfg, output_dir)))
 
 
 def main() -> None:
-    """The command line: overrides are checked in one line before Hydra starts the job."""
-    exit_on_user_error(lambda: check_overrides("analyze", sys.argv[1:]))
-    hydra_main()
+    command_line("analyze", hydra_main)
 
 
 if __name__ == "__main__":

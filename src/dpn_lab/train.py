@@ -4,42 +4,27 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
-import traceback
 from pathlib import Path
-from typing import Any
 
 import hydra
 import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from dpn_lab.checkpoint_io import check_checkpoint_fits, read_checkpoint
-from dpn_lab.cli_errors import USER_ERRORS, check_overrides, exit_on_user_error, one_line
-from dpn_lab.config_resolvers import register_resolvers
-from dpn_lab.config_validation import validate_config
+from dpn_lab.checkpoints import check_checkpoint_fits, read_checkpoint
+from dpn_lab.config import validate_config
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.errors import ConfigError
-from dpn_lab.resume import find_last_checkpoint
-from dpn_lab.robustness import evaluate_and_report, markdown_table
-from dpn_lab.run_result import format_summary, write_result
-from dpn_lab.wandb_setup import finish_wandb, name_runs_by_sweep
+from dpn_lab.robustness.evaluate import report_robustness
+from dpn_lab.runs.instantiate import instantiate_group
+from dpn_lab.runs.resolvers import register_resolvers
+from dpn_lab.runs.result import scalars
+from dpn_lab.runs.resume import find_last_checkpoint
+from dpn_lab.runs.task import command_line, exit_on_user_error, run_task
 
 log = logging.getLogger("dpn_lab.train")
 register_resolvers()
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Every `_target_` entry of a callbacks/ or logger/ config group (an empty group gives [])."""
-    if not group:
-        return []
-    return [
-        instantiate(entry) for entry in group.values() if OmegaConf.is_dict(entry) and "_target_" in entry
-    ]
 
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
@@ -56,10 +41,6 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
             "launcher: use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_slurm with "
             f"hydra.launcher.tasks_per_node={devices}"
         )
-
-
-def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in metrics.items()}
 
 
 def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[dict[str, float], str | None]:
@@ -119,60 +100,16 @@ def stop_other_ranks(trainer: L.Trainer) -> None:
         trainer.strategy.launcher.kill(signal.SIGKILL)
 
 
-def report_robustness(
-    model, datamodule, eval_cfg: DictConfig, output_dir: Path, loggers: list
-) -> dict[str, float]:
-    """Accuracy of the tested weights under each corruption level: files, W&B, a printed table, metrics."""
-    log.info(f"Robustness: {', '.join(eval_cfg.corruptions)}")
-    if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
-        datamodule.setup("test")
-    rows = evaluate_and_report(model.net, datamodule, eval_cfg, output_dir, loggers)
-    print("\naccuracy under corruption (test set)\n" + markdown_table(rows))
-    return {f"robust/{row['corruption']}@{row['severity']:g}": row["accuracy"] for row in rows}
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    job = HydraConfig.get()
-    output_dir, overrides = Path(job.runtime.output_dir), list(job.overrides.task)
-    multirun = job.mode == RunMode.MULTIRUN
-    name_runs_by_sweep(cfg)
-    try:
-        metrics, best = train(cfg, output_dir, multirun)
-    except SIGTERMException:
-        # pre-empted: last.ckpt was written (PreemptionCheckpoint); a scheduler must not read this as success
-        if rank_zero_only.rank == 0:
-            write_result(
-                output_dir, "preempted", overrides, {}, "stopped by SIGTERM; resume with ckpt_path=last"
-            )
-        log.error("stopped by SIGTERM: last.ckpt is saved, resume with ckpt_path=last")
-        sys.exit(128 + signal.SIGTERM)
-    except Exception as error:
-        if rank_zero_only.rank == 0:
-            write_result(output_dir, "failed", overrides, {}, one_line(error))
-        if not multirun:
-            raise
-        # a failed job is recorded and the sweep goes on
-        log.error(f"job failed: {one_line(error)}")
-        if not isinstance(error, USER_ERRORS):
-            log.error(traceback.format_exc())
-        return float("nan")
-    finally:
-        finish_wandb()
-    if rank_zero_only.rank == 0:
-        write_result(output_dir, "ok", overrides, metrics)
-        print(format_summary(metrics, output_dir, best))
-    return metrics.get(cfg.optimized_metric)
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return exit_on_user_error(lambda: run_job(cfg))
+    metrics = exit_on_user_error(
+        lambda: run_task(cfg, lambda output_dir, multirun: train(cfg, output_dir, multirun))
+    )
+    return float("nan") if metrics is None else metrics.get(cfg.optimized_metric)  # NaN: a failed sweep job
 
 
 def main() -> None:
-    """The command line: overrides are checked in one line before Hydra starts the job."""
-    exit_on_user_error(lambda: check_overrides("train", sys.argv[1:]))
-    hydra_main()
+    command_line("train", hydra_main)
 
 
 if __name__ == "__main__":

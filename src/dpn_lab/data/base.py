@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dpn_lab.corruption import corrupt
+from dpn_lab.data.corruption import corrupt
 from dpn_lab.errors import DataError
 
 
@@ -30,6 +30,11 @@ class TensorBatches(Dataset):
         index = torch.as_tensor(indices)
         return self.inputs[index], self.labels[index]
 
+    def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """n items (all if fewer) drawn without replacement, the same ones for the same seed."""
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.__getitems__(pick.tolist())
+
 
 def _already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
@@ -43,7 +48,8 @@ class TensorDataModule(L.LightningDataModule):
         val_fraction, test_fraction: stratified split fractions (test_fraction is ignored for sources with
             an official test set).
         split_seed: seed of the deterministic stratified split (separate from the training seed).
-        train_corruption, test_corruption: None or {kind: gaussian|salt_pepper, severity: float}. Training
+        train_corruption, test_corruption: None or {kind: <a kind of dpn_lab.data.corruption.CORRUPTIONS>,
+            severity: float}. Training
             corruption is drawn fresh for every batch; test/val corruption is drawn once from split_seed.
     """
 

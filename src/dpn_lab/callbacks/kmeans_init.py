@@ -1,0 +1,85 @@
+"""KMeansInit: place the potential's centers on the training features when fitting starts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+
+from dpn_lab.model.mixture_init import initialize_potential
+
+log = logging.getLogger(__name__)
+
+
+class KMeansInit(L.Callback):
+    """k-means (or a GMM fit, by the model's `init`) on features of a bounded sample of the training set.
+
+    Runs when fitting starts, or with `after_epochs=N` after N warm-up epochs of the extractor with the
+    refinement switched off. It runs once per training run: a resumed run keeps the centers of its
+    checkpoint. Under DDP rank 0 fits and broadcasts the potential's parameters, so every rank holds
+    identical ones. Logs init/inertia, init/samples and init/seconds.
+    """
+
+    def __init__(self, max_samples: int | None = None, seed: int = 0, after_epochs: int = 0) -> None:
+        if after_epochs < 0:
+            raise ValueError(f"callbacks.kmeans_init.after_epochs={after_epochs} must be >= 0")
+        self.max_samples, self.seed, self.after_epochs = max_samples, seed, after_epochs
+        self.done = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.done = bool(state_dict["done"])
+
+    @torch.no_grad()
+    def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, limit: int) -> torch.Tensor:
+        inputs, _ = trainer.datamodule.splits["train"].sample(limit, self.seed)
+        # Train mode: the potential sees training-mode features (BatchNorm batch statistics) while fitting.
+        return torch.cat([pl_module.net.features(chunk.to(pl_module.device)) for chunk in inputs.split(512)])
+
+    def _initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        potential = pl_module.net.potential
+        hp = pl_module.hparams
+        limit = self.max_samples or hp.init_samples
+        start = time.perf_counter()
+        result = None
+        if trainer.is_global_zero:
+            features = self._features(trainer, pl_module, limit)
+            result = initialize_potential(potential, features, hp.init, limit, self.seed)
+        state = trainer.strategy.broadcast({k: v.cpu() for k, v in potential.state_dict().items()}, src=0)
+        potential.load_state_dict(state)
+        potential.active = True
+        self.done = True
+        if result is not None:
+            seconds = time.perf_counter() - start
+            log.info(
+                f"{result.method} init: {result.n_samples} samples, inertia {result.inertia:.4g}, {seconds:.2f}s"
+            )
+            metrics = {
+                "init/inertia": result.inertia,
+                "init/samples": result.n_samples,
+                "init/seconds": seconds,
+            }
+            for logger in trainer.loggers:  # self.log() is not available outside steps and epoch ends
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.net.potential.n_steps == 0:
+            self.done = True
+        if trainer.ckpt_path is not None and not self.done:
+            # a checkpoint written without this callback: its centers are trained, keep them
+            self.done = True
+        if not self.done and self.after_epochs == 0:
+            self._initialize(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.done:
+            return
+        if trainer.current_epoch >= self.after_epochs:
+            self._initialize(trainer, pl_module)
+        else:
+            pl_module.net.potential.active = False

@@ -1,0 +1,183 @@
+"""Checkpoint files: written atomically and never with non-finite weights; read as plain data only.
+
+Reading never runs code: torch.load(weights_only=True) refuses pickled objects, any `_target_` (an import
+path Hydra would call) is refused wherever it sits, and the model and data module are rebuilt by the
+package's own constructors from plain values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import pickle
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from dpn_lab.data.base import TensorDataModule
+from dpn_lab.data.registry import (
+    DATA_MODULES,
+    IMPORT_KEY,
+    build_data_module,
+    import_path_in,
+    parse_data_record,
+)
+from dpn_lab.errors import ConfigError
+from dpn_lab.model.lit_module import DPNLitModule
+from dpn_lab.model.potential import PotentialConfig
+
+log = logging.getLogger(__name__)
+
+
+def non_finite_parameters(state_dict: dict[str, Any]) -> list[str]:
+    return [
+        k
+        for k, v in state_dict.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, with two guarantees.
+
+    - Atomic: the file is written next to its destination and renamed over it only when complete, so a run
+      killed while saving leaves the previous checkpoint intact (never a truncated one).
+    - Finite: a checkpoint whose parameters are not all finite is not written at all (logged instead), so a
+      diverging run cannot overwrite the last good checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        bad = non_finite_parameters(checkpoint.get("state_dict", {}))
+        if bad:
+            log.error(
+                f"not writing {path}: non-finite parameters ({', '.join(bad[:3])}); the previous file is kept"
+            )
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            with open(partial, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _data_record_key(checkpoint: dict[str, Any]) -> str | None:
+    """Where Lightning stored the data module's state: under its class name (records, and older Hydra-style
+    entries whose `_target_` names a dpn_lab data module)."""
+    names = {cls.__qualname__ for cls in DATA_MODULES.values()}
+    return next((key for key in checkpoint if key in names and isinstance(checkpoint[key], dict)), None)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint as plain data; a one-line ConfigError when the file is missing, truncated, not a
+    checkpoint, holds objects other than plain data (torch.load weights_only=True), or holds an import path
+    (`_target_`) anywhere but as the dpn_lab data module name of a checkpoint written before records."""
+    checkpoint = _load(path)
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(
+            f"ckpt_path={path}: not a dpn_lab training checkpoint (a {type(checkpoint).__name__}, not a mapping)"
+        )
+    data_key = _data_record_key(checkpoint)
+    if data_key:  # an older checkpoint's data `_target_` is matched by name there, never imported
+        parse_data_record(checkpoint[data_key], f"ckpt_path={path}")
+    found = import_path_in({k: v for k, v in checkpoint.items() if k != data_key})
+    if found:
+        raise ConfigError(
+            f"ckpt_path={path}: refused: {found[0]} holds an import path ({IMPORT_KEY}={found[1]!r}); "
+            "dpn_lab checkpoints hold plain data only"
+        )
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule:
+    """The DPNLitModule the checkpoint's hyperparameters describe, with its weights."""
+    hp = checkpoint.get("hyper_parameters")
+    if not isinstance(hp, dict):
+        raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters)")
+    accepted = {f.name for f in fields(PotentialConfig)} | {
+        p.name
+        for p in inspect.signature(DPNLitModule.__init__).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "optimizer", "scheduler")
+    }
+    unknown = sorted(set(hp) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"ckpt_path={path}: unknown hyperparameter {', '.join(unknown)}; a DPN takes: {', '.join(sorted(accepted))}"
+        )
+    model = DPNLitModule(**hp)
+    check_checkpoint_fits(model, checkpoint, path)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def data_module_from_checkpoint(
+    checkpoint: dict[str, Any], path: str, data_cfg: DictConfig | None = None
+) -> TensorDataModule:
+    """The data module of the command line's `data=` when given, else the one the checkpoint was trained
+    on, rebuilt from its stored name and arguments."""
+    if data_cfg:
+        return build_data_module(OmegaConf.to_container(data_cfg, resolve=True), "data")
+    key = _data_record_key(checkpoint)
+    if key is None:
+        raise ConfigError(f"ckpt_path={path}: the checkpoint does not record its data; pass data=<name>")
+    return build_data_module(checkpoint[key], f"ckpt_path={path}")
+
+
+def _load(path: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"ckpt_path={path}: no such file") from None
+    except pickle.UnpicklingError as error:
+        reason = (
+            str(error).splitlines()[0][:120]
+            if "Weights only" not in str(error)
+            else "it holds objects other than plain data"
+        )
+        raise ConfigError(f"ckpt_path={path}: not a loadable dpn_lab checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ConfigError(
+            f"ckpt_path={path}: not a readable checkpoint, truncated or corrupt ({str(error).splitlines()[0][:120]})"
+        ) from None
+
+
+def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: str) -> None:
+    """ConfigError naming the first differences when the checkpoint's weights do not fit `model`."""
+    if "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no state_dict)")
+    theirs, ours = checkpoint["state_dict"], model.state_dict()
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    shapes = [
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+                f"shape {', '.join(shapes[:3])}" if shapes else "",
+            )
+            if part
+        )
+        hp = checkpoint.get("hyper_parameters", {})
+        saved = ", ".join(
+            f"{k}={hp[k]}"
+            for k in ("extractor", "feature_dim", "n_components", "precision", "n_steps")
+            if k in hp
+        )
+        raise ConfigError(
+            f"ckpt_path={path} was trained with another model configuration ({saved}): {details}"
+        )

@@ -1,0 +1,105 @@
+"""Input corruptions for images (N x C x H x W) in their valid pixel range [0, 1].
+
+Each is deterministic given a generator, and severity 0 leaves the images unchanged. What a severity means,
+its unit and its largest allowed value are written once, in CORRUPTIONS; validation, plots and the README
+table read them from there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Corruption = Callable[[Tensor, float, torch.Generator | None], Tensor]
+
+
+def gaussian_noise(images: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """images + N(0, sigma^2) per pixel, clipped to [0, 1]."""
+    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return (images + sigma * noise).clamp_(0.0, 1.0)
+
+
+def salt_and_pepper(images: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Each pixel independently replaced with probability p, half by 0 (pepper) and half by 1 (salt)."""
+    u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    out = images.clone()
+    out[u < p / 2] = 0.0
+    out[(u >= p / 2) & (u < p)] = 1.0
+    return out
+
+
+def occlusion(images: Tensor, side: float, generator: torch.Generator | None = None) -> Tensor:
+    """One side x side square per image, placed uniformly inside the image, set to 0."""
+    n, _, height, width = images.shape
+    side = int(side)
+    if side > min(height, width):
+        raise ValueError(f"occlusion side {side} exceeds the {height}x{width} image")
+    top = torch.randint(0, height - side + 1, (n,), generator=generator).to(images.device)
+    left = torch.randint(0, width - side + 1, (n,), generator=generator).to(images.device)
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    inside_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)  # n x H
+    inside_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)  # n x W
+    mask = (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)  # n x 1 x H x W
+    return images.masked_fill(mask, 0.0)
+
+
+def gaussian_blur(images: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """Separable Gaussian blur of every channel (no randomness: the generator is unused)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    out = F.conv2d(F.conv2d(padded, horizontal, groups=channels), vertical, groups=channels)
+    return out.clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CorruptionKind:
+    """A registered corruption: the function, the unit of its severity, the largest severity allowed
+    (None: no limit) and what a severity means, in one line."""
+
+    apply: Corruption
+    unit: str
+    max_severity: float | None
+    meaning: str
+
+
+CORRUPTIONS: dict[str, CorruptionKind] = {
+    "gaussian": CorruptionKind(
+        gaussian_noise,
+        "noise sigma",
+        None,
+        "sigma of additive N(0, sigma^2) noise per pixel, clipped to [0, 1]",
+    ),
+    "salt_pepper": CorruptionKind(
+        salt_and_pepper, "fraction of pixels", 1.0, "fraction p of pixels set to 0 or 1 (half each)"
+    ),
+    "occlusion": CorruptionKind(
+        occlusion, "square side (px)", 32, "side of one black square per image, at a random place"
+    ),
+    "blur": CorruptionKind(
+        gaussian_blur,
+        "blur sigma (px)",
+        10,
+        "sigma of a Gaussian blur (kernel radius ceil(3 sigma), edges extended)",
+    ),
+}
+
+
+def corrupt(images: Tensor, kind: str, severity: float, generator: torch.Generator | None = None) -> Tensor:
+    """Apply the corruption registered as `kind` at `severity` (0 leaves the images unchanged)."""
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"corruption {kind!r} is not allowed; choose one of: {', '.join(CORRUPTIONS)}")
+    if severity == 0:
+        return images
+    return CORRUPTIONS[kind].apply(images, severity, generator)

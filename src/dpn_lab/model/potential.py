@@ -1,0 +1,403 @@
+"""The denoising potential: a Gaussian-mixture log-density over feature space, climbed by gradient ascent.
+
+For a feature vector x in R^D and K components with centers mu_i, log-weights c_i (w_i = exp(c_i)) and
+precision factors A_i (P_i = A_i^T A_i):
+
+    q_i(x)      = || A_i (x - mu_i) ||^2
+    phi(x)      = logsumexp_i ( c_i - q_i(x) / 2 )
+    r_i(x)      = softmax_i ( c_i - q_i(x) / 2 )                       (responsibilities)
+    grad phi(x) = - sum_i r_i(x) A_i^T A_i (x - mu_i)
+    x_{t+1}     = x_t + eta_t * grad phi(x_t)   [ + sqrt(2 eta_t tau) * noise, training only ]
+
+Every precision family is written as P_i = diag(a_i)^2 + F_i^T F_i, i.e. A_i = [diag(a_i); F_i]:
+
+    full       F_i = A_i (D x D), no diagonal term
+    diag       a_i in R^D, no F
+    spherical  a_i = s_i * 1 (one scale per component)
+    lowrank    a_i in R^D and F_i = U_i^T (r x D): P_i = diag(a_i^2) + U_i U_i^T
+
+q is always computed as a squared norm of A_i (x - mu_i), never as x^T P x - 2 mu^T P x + mu^T P mu, which
+cancels badly in float32. The factor part runs as two GEMMs per step and never builds a B x K x D x D tensor:
+
+    y    = x @ F_all^T - b            F_all = F.reshape(K*R, D), b = (F_i mu_i) stacked     (B x K*R)
+    grad = -(r * y).reshape(B, K*R) @ F_all
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
+
+from dpn_lab.errors import NonFiniteRefinementError
+
+PRECISIONS = ("full", "diag", "spherical", "lowrank")
+GRADIENT_IMPLS = ("closed_form", "autograd")
+GRAD_MODES = ("unrolled", "detach")
+STEP_SIZES = ("shared", "per_step")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+@dataclass
+class _Frozen:
+    """Per-forward quantities that do not depend on x: computed once, not once per step."""
+
+    mu: Tensor  # K x D
+    c: Tensor  # K
+    diag: Tensor | None  # K x D or K x 1 (a_i)
+    factor_all: Tensor | None  # K*R x D (F stacked)
+    factor_offset: Tensor | None  # K*R (F_i mu_i stacked)
+    rank: int  # R
+
+
+def _projections(
+    x: Tensor,
+    mu: Tensor,
+    diag: Tensor | None,
+    factor_all: Tensor | None,
+    factor_offset: Tensor | None,
+    rank: int,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """q (B x K) and the two parts of y_i = A_i (x - mu_i): a_i * (x - mu_i) (B x K x D) and F_i x - F_i mu_i
+    (B x K x R)."""
+    q = x.new_zeros(x.shape[0], mu.shape[0])
+    y_diag = y_factor = None
+    if diag is not None:
+        y_diag = diag * (x.unsqueeze(1) - mu)
+        q = q + torch.linalg.vecdot(y_diag, y_diag)
+    if factor_all is not None:
+        y_factor = torch.addmm(factor_offset, x, factor_all.T, beta=-1).view(x.shape[0], -1, rank)  # GEMM 1
+        q = q + torch.linalg.vecdot(y_factor, y_factor)
+    return q, y_diag, y_factor
+
+
+class _ClosedFormGradient(torch.autograd.Function):
+    """grad phi(x) = -sum_i r_i A_i^T y_i with y_i = A_i (x - mu_i), and its backward written out.
+
+    Autograd over the forward would save several B x K x R tensors per step; this saves x, r and y (or
+    only x and r with `recompute`, redoing GEMM 1 in backward). With G = dL/d(grad):
+        dr_i = -<A_i G, y_i>,   dl_i = r_i (dr_i - sum_j r_j dr_j)       (softmax),   dc_i = sum_b dl_i
+        dy_i = -r_i A_i G - dl_i y_i                                     (q_i = ||y_i||^2 enters as -q_i/2)
+        dx = sum_i A_i^T dy_i;   factor: dF_i = sum_b (dy_i x^T - r_i y_i G^T),  d(F_i mu_i) = -sum_b dy_i
+        diagonal: da_i = sum_b (dy_i (x - mu_i) - r_i y_i G),  dmu_i = -sum_b a_i dy_i
+    """
+
+    @staticmethod
+    def forward(ctx, x, mu, c, diag, factor_all, factor_offset, rank: int, recompute: bool):
+        q, y_diag, y_factor = _projections(x, mu, diag, factor_all, factor_offset, rank)
+        r = torch.softmax(c - 0.5 * q, dim=-1)
+        grad = torch.zeros_like(x)
+        if y_diag is not None:
+            grad = grad - torch.einsum("bk,bkd->bd", r, diag * y_diag)
+        if y_factor is not None:
+            grad = grad - (r.unsqueeze(-1) * y_factor).flatten(1) @ factor_all  # GEMM 2
+        ctx.rank = rank
+        ctx.save_for_backward(x, mu, diag, factor_all, factor_offset, r, None if recompute else y_factor)
+        return grad
+
+    @staticmethod
+    @once_differentiable  # first derivatives only: a second backward raises instead of being silently wrong
+    def backward(ctx, G):
+        x, mu, diag, factor_all, factor_offset, r, y_factor = ctx.saved_tensors
+        dr = torch.zeros_like(r)
+        if diag is not None:
+            diff = x.unsqueeze(1) - mu  # elementwise: always recomputed, never stored
+            y_diag, aG = diag * diff, diag * G.unsqueeze(1)
+            dr = dr - torch.linalg.vecdot(aG, y_diag)
+        if factor_all is not None:
+            if y_factor is None:
+                y_factor = torch.addmm(factor_offset, x, factor_all.T, beta=-1).view(x.shape[0], -1, ctx.rank)
+            FG = (G @ factor_all.T).view_as(y_factor)
+            dr = dr - torch.linalg.vecdot(FG, y_factor)
+        dl = r * (dr - (r * dr).sum(-1, keepdim=True))
+        r3, dl3 = r.unsqueeze(-1), dl.unsqueeze(-1)
+        dx = torch.zeros_like(x)
+        dmu = ddiag = dF = db = None
+        # aG and FG are fresh buffers: they become -dy in place (fewer B x K x R allocations and passes).
+        if diag is not None:
+            dy = aG.mul_(r3).addcmul_(dl3, y_diag).neg_()
+            ddiff = diag * dy
+            dx = dx + ddiff.sum(1)
+            dmu = -ddiff.sum(0)
+            ddiag = (dy * diff - r3 * y_diag * G.unsqueeze(1)).sum(0)
+            ddiag = ddiag.sum(-1, keepdim=True) if diag.shape[-1] == 1 else ddiag
+        if factor_all is not None:
+            neg_dy = FG.mul_(r3).addcmul_(dl3, y_factor).flatten(1)
+            dx = dx - neg_dy @ factor_all
+            dF = torch.addmm(neg_dy.T @ x, (r3 * y_factor).flatten(1).T, G).neg_()
+            db = neg_dy.sum(0)
+        return dx, dmu, dl.sum(0), ddiag, dF, db, None, None
+
+
+@dataclass(frozen=True)
+class PotentialConfig:
+    """The potential's arguments and their defaults: the one place they are written.
+
+    `conf/model/dpn.yaml` repeats them as flat `model.*` keys and `dpn_lab.config` validates them; a test
+    fails when either drifts from this class. Checkpoints store them as plain values.
+
+    Args:
+        feature_dim: feature dimension D (the extractor's output).
+        n_components: number of mixture components K.
+        n_steps: ascent steps T; 0 makes the module the identity (the ablation).
+        precision: `full`, `diag`, `spherical` or `lowrank` (see the module docstring).
+        rank: rank r of the low-rank term (`lowrank` only).
+        step_size: `shared` (one eta) or `per_step` (eta_t for each step); eta = softplus(raw) > 0.
+        init_step_size: eta at construction.
+        init_precision: every P_i starts as init_precision * I.
+        gradient_impl: `closed_form` (two GEMMs) or `autograd` (torch.autograd.grad, the reference).
+        grad_mode: how the loss back-propagates through the steps.
+            `unrolled` keeps the whole graph: every step trains mu, A, c and eta, and dL/dx_0 reaches the
+            feature extractor.
+            `detach` is the seed paper's literal recipe (the state is detached before every step after the
+            first): only the last step is trained, and for n_steps >= 2 the feature extractor receives
+            NO gradient through the refinement at all (dL/dx_0 = 0). Kept for comparison.
+        checkpoint_steps: with `unrolled`, store O(B*(D+K)) per step instead of O(B*K*R) and recompute
+            the rest in the backward pass (closed_form: one GEMM per step; autograd: the whole step).
+        langevin_temperature: tau > 0 adds sqrt(2 eta tau) Gaussian noise per step while training.
+        bound_step_size: divide eta by an upper bound on max_i lambda_max(P_i), so that eta < 2 keeps the
+            ascent stable however large A grows (eta then counts in units of 1 / lambda_max).
+    """
+
+    feature_dim: int = 32
+    n_components: int = 16
+    n_steps: int = 5
+    precision: str = "diag"
+    rank: int = 4
+    step_size: str = "shared"
+    init_step_size: float = 0.1
+    init_precision: float = 1.0
+    gradient_impl: str = "closed_form"
+    grad_mode: str = "unrolled"
+    checkpoint_steps: bool = False
+    langevin_temperature: float = 0.0
+    bound_step_size: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("step_size", self.step_size, STEP_SIZES)
+        _check_choice("gradient_impl", self.gradient_impl, GRADIENT_IMPLS)
+        _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
+        for name, low in (("feature_dim", 1), ("n_components", 1), ("n_steps", 0)):
+            value = getattr(self, name)
+            if int(value) != value or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if self.precision == "lowrank" and not 1 <= self.rank <= self.feature_dim:
+            raise ValueError(
+                f"rank={self.rank!r} must be between 1 and feature_dim={self.feature_dim} for precision='lowrank'"
+            )
+        if self.init_step_size <= 0 or self.init_precision <= 0:
+            raise ValueError("init_step_size and init_precision must be > 0")
+        if self.langevin_temperature < 0:
+            raise ValueError(f"langevin_temperature={self.langevin_temperature!r} must be >= 0")
+
+
+class DenoisingPotential(nn.Module):
+    """A learnable mixture potential phi over R^D that refines features by `n_steps` ascent steps.
+
+    Built from a PotentialConfig (its docstring explains every argument). A non-finite state during the
+    ascent raises NonFiniteRefinementError naming the step.
+    """
+
+    def __init__(self, config: PotentialConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, n_components, n_steps = config.feature_dim, config.n_components, config.n_steps
+        precision, rank = config.precision, config.rank
+        self.dim, self.n_components, self.n_steps = dim, n_components, n_steps
+        self.precision, self.gradient_impl, self.grad_mode = precision, config.gradient_impl, config.grad_mode
+        self.checkpoint_steps, self.bound_step_size = config.checkpoint_steps, config.bound_step_size
+        self.langevin_temperature = config.langevin_temperature
+        self.active = True  # False skips the ascent (a warm-up of the extractor before the centers are set)
+
+        self.mu = nn.Parameter(torch.randn(n_components, dim))
+        self.c = nn.Parameter(torch.zeros(n_components))
+        scale = math.sqrt(config.init_precision)
+        diag_width = {"diag": dim, "lowrank": dim, "spherical": 1}.get(precision)
+        self.precision_diag = (
+            nn.Parameter(torch.full((n_components, diag_width), scale)) if diag_width else None
+        )
+        if precision == "full":
+            self.precision_factor = nn.Parameter(scale * torch.eye(dim).repeat(n_components, 1, 1))
+        elif precision == "lowrank":
+            # Small random U: exactly zero would give every component the same (zero) gradient direction.
+            self.precision_factor = nn.Parameter(0.01 * scale * torch.randn(n_components, rank, dim))
+        else:
+            self.precision_factor = None
+        n_etas = n_steps if config.step_size == "per_step" else 1
+        self.step_size_raw = nn.Parameter(torch.full((n_etas,), _inverse_softplus(config.init_step_size)))
+
+    # ----------------------------------------------------------------------------------------------
+    # Parameters as a researcher reads them
+
+    def weights(self) -> Tensor:
+        """The paper's weights w_i = exp(c_i), normalised to sum to 1 (K).
+
+        They weigh unnormalised Gaussian kernels: the mixture's proportions are pi_i ~ w_i / sqrt(det P_i).
+        """
+        return torch.softmax(self.c, dim=0)
+
+    def precision_matrices(self) -> Tensor:
+        """P_i = A_i^T A_i = diag(a_i)^2 + F_i^T F_i (K x D x D)."""
+        P = torch.zeros(self.n_components, self.dim, self.dim, dtype=self.mu.dtype, device=self.mu.device)
+        if self.precision_factor is not None:
+            P = P + self.precision_factor.transpose(1, 2) @ self.precision_factor
+        if self.precision_diag is not None:
+            P = P + torch.diag_embed(self.precision_diag.expand(-1, self.dim) ** 2)
+        return P
+
+    def covariance_matrices(self) -> Tensor:
+        """Sigma_i = P_i^{-1} (K x D x D)."""
+        return torch.linalg.inv(self.precision_matrices())
+
+    def precision_eigenvalue_bound(self) -> Tensor:
+        """An upper bound on max_i lambda_max(P_i), cheap and differentiable.
+
+        lambda_max(diag(a)^2 + F^T F) <= max_d a_d^2 + ||F||_2^2, and ||F||_2^2 <= min(||F||_F^2,
+        ||F||_1 ||F||_inf) (the second is exact for diagonal F, e.g. the identity start).
+        """
+        bound = torch.zeros(self.n_components, dtype=self.mu.dtype, device=self.mu.device)
+        if self.precision_diag is not None:
+            bound = bound + (self.precision_diag**2).amax(dim=1)
+        if self.precision_factor is not None:
+            absF = self.precision_factor.abs()
+            frobenius = (self.precision_factor**2).sum(dim=(1, 2))
+            holder = absF.sum(dim=1).amax(dim=1) * absF.sum(dim=2).amax(dim=1)
+            bound = bound + torch.minimum(frobenius, holder)
+        return bound.amax()
+
+    def step_sizes(self) -> Tensor:
+        """eta_t for t = 0..T-1 (T), as used by the ascent (after bounding, if enabled)."""
+        eta = F.softplus(self.step_size_raw).expand(self.n_steps) if self.n_steps else self.step_size_raw[:0]
+        if self.bound_step_size:
+            eta = eta / self.precision_eigenvalue_bound()
+        return eta
+
+    def set_step_size(self, value: float) -> None:
+        """Set every eta_t to `value` (before any bounding)."""
+        with torch.no_grad():
+            self.step_size_raw.fill_(_inverse_softplus(value))
+
+    # ----------------------------------------------------------------------------------------------
+    # The math
+
+    def _frozen(self) -> _Frozen:
+        factor_all = factor_offset = None
+        rank = 0
+        if self.precision_factor is not None:
+            K, rank, D = self.precision_factor.shape
+            factor_all = self.precision_factor.reshape(K * rank, D)
+            factor_offset = (self.precision_factor @ self.mu.unsqueeze(-1)).reshape(K * rank)
+        return _Frozen(self.mu, self.c, self.precision_diag, factor_all, factor_offset, rank)
+
+    def _potential(self, x: Tensor, f: _Frozen) -> Tensor:
+        q, _, _ = _projections(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)
+        return torch.logsumexp(f.c - 0.5 * q, dim=-1)
+
+    def _autograd_gradient(self, x: Tensor, f: _Frozen) -> Tensor:
+        # Keep the graph of the gradient only when the caller is building one (training, gradcheck).
+        build_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._potential(leaf, f).sum(), leaf, create_graph=build_graph)
+        return grad
+
+    def _gradient(self, x: Tensor, f: _Frozen) -> Tensor:
+        if self.gradient_impl == "closed_form":
+            return _ClosedFormGradient.apply(
+                x, f.mu, f.c, f.diag, f.factor_all, f.factor_offset, f.rank, self.checkpoint_steps
+            )
+        return self._autograd_gradient(x, f)
+
+    def compute_potential(self, x: Tensor) -> Tensor:
+        """phi(x) = logsumexp_i(c_i - ||A_i (x - mu_i)||^2 / 2) for a batch x (B x D) -> (B)."""
+        return self._potential(x, self._frozen())
+
+    def compute_gradient(self, x: Tensor) -> Tensor:
+        """grad phi(x) (B x D), by `gradient_impl`."""
+        return self._gradient(x, self._frozen())
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """r_i(x) = softmax_i(c_i - q_i(x) / 2) (B x K): which component claims each point."""
+        f = self._frozen()
+        q, _, _ = _projections(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)
+        return torch.softmax(f.c - 0.5 * q, dim=-1)
+
+    # ----------------------------------------------------------------------------------------------
+    # The ascent
+
+    def _step(self, x: Tensor, eta: Tensor, f: _Frozen) -> Tensor:
+        x_next = x + eta * self._gradient(x, f)
+        if self.training and self.langevin_temperature > 0:
+            x_next = x_next + torch.sqrt(2 * eta * self.langevin_temperature) * torch.randn_like(x)
+        return x_next
+
+    def refine(self, x: Tensor) -> list[Tensor]:
+        """States x_0 .. x_T of the ascent, each still in the autograd graph (as `grad_mode` allows)."""
+        f = self._frozen()
+        etas = self.step_sizes()
+        states = [x]
+        if not self.active:
+            return states
+        # The closed form checkpoints inside its own backward (it recomputes only y); autograd needs the
+        # generic per-step checkpoint.
+        use_checkpoint = (
+            self.checkpoint_steps
+            and self.gradient_impl == "autograd"
+            and self.grad_mode == "unrolled"
+            and torch.is_grad_enabled()
+        )
+        for t in range(self.n_steps):
+            if self.grad_mode == "detach" and t > 0:
+                x = x.detach()
+            if use_checkpoint:
+                x = checkpoint(self._step, x, etas[t], f, use_reentrant=False)
+            else:
+                x = self._step(x, etas[t], f)
+            states.append(x)
+        self._raise_if_not_finite(states, etas)
+        return states
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Refine x (B x D) by T ascent steps -> x_T (`refine` gives every state)."""
+        return self.refine(x)[-1]
+
+    @torch.compiler.disable  # a host-side check: compiled graphs end before it instead of breaking
+    def _raise_if_not_finite(self, states: list[Tensor], etas: Tensor) -> None:
+        # One host sync for the whole ascent, not one per step.
+        finite = torch.stack([torch.isfinite(s).all() for s in states])
+        if bool(finite.all()):
+            return
+        step = int((~finite).nonzero()[0])
+        if step == 0:
+            raise NonFiniteRefinementError(
+                "DenoisingPotential: the input features are not finite before refinement; the feature "
+                "extractor diverged (lower the learning rate)"
+            )
+        eta = etas[step - 1].item()
+        bound = self.precision_eigenvalue_bound().item()
+        raise NonFiniteRefinementError(
+            f"DenoisingPotential: the state became non-finite at refinement step {step} of {self.n_steps} "
+            f"(eta={eta:.4g}, largest precision eigenvalue <= {bound:.4g}, eta*bound={eta * bound:.4g}; "
+            "the ascent is only stable for eta*lambda_max < 2): lower the step size or learning rate, "
+            "or set bound_step_size=true"
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, n_components={self.n_components}, n_steps={self.n_steps}, "
+            f"precision={self.precision}, gradient_impl={self.gradient_impl}, grad_mode={self.grad_mode}"
+        )

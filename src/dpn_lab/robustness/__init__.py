@@ -1,0 +1,1 @@
+"""Accuracy under input corruption: one model's evaluation, and a sweep's comparison against baselines."""

@@ -1,0 +1,155 @@
+"""RobustnessComparison: one table and one plot for a sweep, mean +- std over seeds, with sklearn baselines.
+
+A Hydra callback for the robustness experiments. Each job of the sweep has written robustness.csv and
+robustness.json (its data config and a digest of its test indices). At the end of the sweep, jobs that differ
+only in `seed` are grouped into one model; the calibration baselines (logistic regression, RBF SVC) are fitted
+on each job's exact training split and evaluated on the same test indices and the same corrupted copies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import SVC
+
+from dpn_lab.data.registry import build_data_module
+from dpn_lab.robustness.evaluate import index_digest, robustness_rows, write_rows
+from dpn_lab.runs.result import read_result
+from dpn_lab.runs.sweep_summary import split_overrides
+from dpn_lab.viz.plots import accuracy_plot, save_figure
+
+log = logging.getLogger(__name__)
+BASELINES = {
+    "logistic regression": lambda: LogisticRegression(max_iter=3000, C=1.0),
+    "RBF SVC": lambda: SVC(kernel="rbf", C=10.0, gamma="scale"),
+}
+COMPARISON_COLUMNS = ("model", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds", "test_sets")
+
+
+def model_label(own_overrides: list[str]) -> str:
+    """A job's model: the overrides that set it apart in the sweep, without the seed (n_steps=0 is called
+    out as the ablation)."""
+    own = [o for o in own_overrides if not o.startswith(("seed=", "data.split_seed="))]
+    label = " ".join(own) or "DPN"
+    return label + (" (no refinement)" if "model.n_steps=0" in own else "")
+
+
+def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(robustness rows of every successful job, tagged with model and test digest; each job's metadata)."""
+    rows, jobs, finished = [], [], []
+    for job_dir in sorted(
+        (d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)
+    ):
+        result, meta_path = read_result(job_dir), job_dir / "robustness.json"
+        if result and result["status"] == "ok" and meta_path.is_file():
+            finished.append((result, {**json.loads(meta_path.read_text()), "path": str(meta_path)}))
+    _, own = split_overrides([result["overrides"] for result, _ in finished])
+    for (_, meta), own_overrides in zip(finished, own, strict=True):
+        meta["label"] = model_label(own_overrides)
+        jobs.append(meta)
+        rows += [
+            {**row, "model": meta["label"], "test_set": meta["test_index_digest"]} for row in meta["rows"]
+        ]
+    return rows, jobs
+
+
+def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every baseline on every distinct data split of the sweep, at the same corruption levels and seeds."""
+    rows, seen = [], set()
+    for meta in jobs:
+        key = json.dumps(meta["data"], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        datamodule = build_data_module(meta["data"], f"{meta['path']}: data")
+        datamodule.setup()
+        digest = index_digest(datamodule.split_indices["test"])
+        if digest != meta["test_index_digest"]:
+            raise RuntimeError(
+                f"the rebuilt test split differs from the job's ({digest} != {meta['test_index_digest']})"
+            )
+        train, test = datamodule.splits["train"], datamodule.splits["test"]
+        for name, make in BASELINES.items():
+            model = make().fit(train.inputs.flatten(1).numpy(), train.labels.numpy())
+
+            def predict(inputs: torch.Tensor, model=model) -> tuple[torch.Tensor, float, float]:
+                return torch.as_tensor(model.predict(inputs.flatten(1).numpy())), float("nan"), float("nan")
+
+            found = robustness_rows(predict, test.inputs, test.labels, meta["levels"], meta["eval_seed"])
+            rows += [{**row, "model": name, "test_set": digest} for row in found]
+    return rows
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std of accuracy over seeds per (model, corruption, severity), in first-seen order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["model"], row["corruption"], row["severity"])].append(row)
+    out = []
+    for (model, kind, severity), members in groups.items():
+        accuracies = [m["accuracy"] for m in members]
+        out.append(
+            {
+                "model": model,
+                "corruption": kind,
+                "severity": severity,
+                "accuracy": statistics.fmean(accuracies),
+                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "n_seeds": len(accuracies),
+                "test_sets": " ".join(sorted({m["test_set"] for m in members})),
+            }
+        )
+    return out
+
+
+def pivot_markdown(summary: list[dict[str, Any]]) -> str:
+    """Rows: corruption and severity; columns: models; cells: mean +- std of test accuracy."""
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    cells = {(r["corruption"], r["severity"], r["model"]): r for r in summary}
+    levels = list(dict.fromkeys((r["corruption"], r["severity"]) for r in summary))
+    lines = ["| corruption | severity | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for kind, severity in levels:
+        values = []
+        for model in models:
+            r = cells.get((kind, severity, model))
+            values.append(f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if r else "")
+        lines.append(f"| {kind} | {severity:g} | " + " | ".join(values) + " |")
+    n = max(r["n_seeds"] for r in summary)
+    return (
+        "\n".join(lines)
+        + f"\n\nTest accuracy, mean ± sample std over {n} seeds (training seed and data split).\n"
+    )
+
+
+def compare_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write comparison.csv, comparison.md and comparison.png into the sweep directory."""
+    rows, jobs = job_rows(sweep_dir)
+    if not rows:
+        log.warning(f"no job of {sweep_dir} wrote robustness results: nothing to compare")
+        return []
+    summary = aggregate(rows + baseline_rows(jobs))
+    write_rows(summary, sweep_dir / "comparison.csv", COMPARISON_COLUMNS)
+    (sweep_dir / "comparison.md").write_text(pivot_markdown(summary))
+    curves = defaultdict(list)
+    for row in summary:
+        curves[row["model"]].append(row)
+    figure = accuracy_plot(curves, "Accuracy under corruption (mean ± std over seeds)")
+    save_figure(figure, sweep_dir / "comparison.png")
+    log.info(f"robustness comparison: {sweep_dir / 'comparison.md'}")
+    return summary
+
+
+class RobustnessComparison(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            compare_sweep(sweep_dir)

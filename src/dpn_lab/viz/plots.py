@@ -1,0 +1,252 @@
+"""Figures of a DPN: plain functions from tensors to matplotlib figures (no Lightning, no files)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from dpn_lab.data.corruption import CORRUPTIONS
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write a figure as PNG (110 dpi, the size every dpn_lab figure is written at) and free it."""
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+FIGURE_KINDS = ("prototypes", "feature_map", "trajectories", "covariance", "training_curves")
+
+
+def pca_plane(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean D, basis 2 x D of the two leading principal directions, their explained-variance ratios 2)."""
+    mean = features.mean(0)
+    _, s, vh = torch.linalg.svd(features - mean, full_matrices=False)
+    variance = s**2
+    return mean, vh[:2], variance[:2] / variance.sum()
+
+
+def project(points: Tensor, mean: Tensor, basis: Tensor) -> np.ndarray:
+    """Coordinates of points (... x D) in the plane (... x 2)."""
+    return ((points - mean) @ basis.T).cpu().numpy()
+
+
+def _axis_labels(ax, explained: Tensor) -> None:
+    ax.set_xlabel(f"PC 1 ({100 * float(explained[0]):.0f}% of feature variance)")
+    ax.set_ylabel(f"PC 2 ({100 * float(explained[1]):.0f}% of feature variance)")
+
+
+def _class_colors(n_classes: int):
+    cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n_classes)]
+
+
+def prototype_grid(
+    images: Tensor,
+    features: Tensor,
+    centers: Tensor,
+    weights: Tensor,
+    per_center: int = 8,
+    max_centers: int = 12,
+) -> Figure:
+    """For each center (heaviest first) the training images whose features are nearest to it."""
+    order = torch.argsort(weights, descending=True)[:max_centers]
+    distances = torch.cdist(centers[order], features)  # centers x N
+    nearest = distances.topk(min(per_center, len(features)), largest=False).indices
+    rows, cols = len(order), nearest.shape[1]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1.6, 1.1 * rows + 0.8), squeeze=False)
+    for r, center in enumerate(order.tolist()):
+        for c in range(cols):
+            ax = axes[r, c]
+            image = images[nearest[r, c]].cpu()
+            if image.shape[0] == 1:
+                ax.imshow(image[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            else:
+                ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(
+            f"center {center}\nw={float(weights[center]):.3f}",
+            fontsize=8,
+            rotation=0,
+            ha="right",
+            va="center",
+        )
+    fig.suptitle(
+        f"Prototypes: nearest training images to each center, {rows} heaviest of {len(weights)}\n"
+        "(w: normalised weight exp(c_i); left = nearest)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def feature_map(features: Tensor, labels: Tensor, centers: Tensor, weights: Tensor, n_classes: int) -> Figure:
+    """Features on their two leading principal directions, coloured by class, centers marked."""
+    mean, basis, explained = pca_plane(features)
+    points, marks = project(features, mean, basis), project(centers, mean, basis)
+    fig, ax = plt.subplots(figsize=(8.5, 6))
+    colors = _class_colors(n_classes)
+    for k in range(n_classes):
+        chosen = (labels == k).cpu().numpy()
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.6, color=colors[k], label=f"class {k}")
+    sizes = 40 + 300 * (weights / weights.max()).cpu().numpy()
+    ax.scatter(
+        marks[:, 0],
+        marks[:, 1],
+        s=sizes,
+        marker="X",
+        c="black",
+        edgecolors="white",
+        linewidths=1.0,
+        label="centers (size ~ weight)",
+    )
+    _axis_labels(ax, explained)
+    ax.set_title("Unrefined features x_0 (PCA) and potential centers")
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    for handle in legend.legend_handles:  # legend markers at one readable size, whatever the data sizes
+        handle.set_sizes([40])
+    legend.legend_handles[-1].set_sizes([90])  # the centers' X
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_map(
+    features: Tensor,
+    trajectories: Tensor,
+    labels: Tensor,
+    potential_on_plane,
+    n_classes: int,
+    resolution: int = 80,
+) -> Figure:
+    """Refinement paths (B x (T+1) x D) projected on the PCA plane of `features`, over contours of phi on it.
+
+    `potential_on_plane(points N x D) -> N` evaluates phi; the contours show phi restricted to the plane,
+    while each path is the projection of a path in R^D, so a path need not follow the plane's gradient.
+    """
+    mean, basis, explained = pca_plane(features)
+    paths = project(trajectories, mean, basis)  # B x (T+1) x 2
+    cloud = np.concatenate([project(features, mean, basis), paths.reshape(-1, 2)])
+    low, high = cloud.min(0), cloud.max(0)
+    pad = 0.08 * (high - low)
+    a = np.linspace(low[0] - pad[0], high[0] + pad[0], resolution)
+    b = np.linspace(low[1] - pad[1], high[1] + pad[1], resolution)
+    grid_a, grid_b = np.meshgrid(a, b)
+    plane = torch.as_tensor(np.stack([grid_a.ravel(), grid_b.ravel()], 1), dtype=features.dtype)
+    phi = (
+        potential_on_plane(mean + plane.to(features.device) @ basis)
+        .reshape(resolution, resolution)
+        .cpu()
+        .numpy()
+    )
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    levels = np.linspace(np.percentile(phi, 2), phi.max(), 25)  # the far tail would take every level
+    filled = ax.contourf(grid_a, grid_b, phi, levels=levels, cmap="viridis", extend="min")
+    fig.colorbar(filled, ax=ax, label="phi on the plane (log-density up to a constant)")
+    colors = _class_colors(n_classes)
+    for path, label in zip(paths, labels.tolist(), strict=True):
+        ax.plot(path[:, 0], path[:, 1], color=colors[label], linewidth=1.2, alpha=0.9)
+        ax.scatter(
+            path[0, 0], path[0, 1], s=12, color=colors[label], edgecolors="black", linewidths=0.4, zorder=3
+        )
+        ax.scatter(
+            path[-1, 0],
+            path[-1, 1],
+            s=30,
+            marker="*",
+            color=colors[label],
+            edgecolors="black",
+            linewidths=0.4,
+            zorder=3,
+        )
+    _axis_labels(ax, explained)
+    ax.set_title(
+        f"Refinement paths ({trajectories.shape[1] - 1} steps; dot = x_0, star = x_T, colour = class)"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def covariance_figure(covariances: Tensor, weights: Tensor, n_components: int = 4) -> Figure:
+    """Covariance heatmaps of the heaviest components (top) and the eigenvalue spectra of each (bottom)."""
+    order = torch.argsort(weights, descending=True)[:n_components].tolist()
+    fig, axes = plt.subplots(
+        2, len(order), figsize=(3.4 * len(order) + 1, 6.5), squeeze=False, layout="constrained"
+    )
+    limit = float(max(covariances[i].abs().max() for i in order))
+    for col, i in enumerate(order):
+        cov = covariances[i].cpu().numpy()
+        image = axes[0, col].imshow(cov, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        axes[0, col].set_title(f"component {i}, w={float(weights[i]):.3f}", fontsize=9)
+        axes[0, col].set_xlabel("feature dimension")
+        eigenvalues = np.linalg.eigvalsh(cov)[::-1]
+        axes[1, col].plot(np.arange(1, len(eigenvalues) + 1), eigenvalues, marker=".")
+        if eigenvalues[0] > 20 * eigenvalues[-1] > 0:  # log scale only where the spectrum spans decades
+            axes[1, col].set_yscale("log")
+        axes[1, col].set_xlabel("eigenvalue rank")
+        axes[1, col].grid(True, which="both", alpha=0.3)
+    axes[0, 0].set_ylabel("feature dimension")
+    axes[1, 0].set_ylabel("covariance eigenvalue")
+    fig.colorbar(image, ax=list(axes[0]), label="covariance (shared scale)", shrink=0.9)
+    fig.suptitle("Covariance Sigma_i = (A_i^T A_i)^-1 of the heaviest components", fontsize=11)
+    return fig
+
+
+def training_curves(history: dict[str, list[tuple[int, float]]]) -> Figure:
+    """Loss, accuracy, step size and potential gain per epoch from {metric: [(epoch, value), ...]}."""
+    panels = [
+        ("loss", ["train/loss", "val/loss"]),
+        ("accuracy", ["train/acc", "val/acc"]),
+        ("step size eta (mean over steps)", ["refine/step_size"]),
+        ("potential gain phi(x_T) - phi(x_0)", ["val/potential_gain"]),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for key in keys:
+            if history.get(key):
+                epochs, values = zip(*history[key], strict=True)
+                ax.plot(epochs, values, marker=".", label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.suptitle("Training dynamics", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_plot(curves: Mapping[str, list[dict]], title: str) -> Figure:
+    """Accuracy vs severity, one panel per corruption, one line per model ({label: rows}); rows may carry
+    `accuracy_std` for error bars."""
+    kinds = list(dict.fromkeys(row["corruption"] for rows in curves.values() for row in rows))
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False, layout="constrained"
+    )
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for label, rows in curves.items():
+            mine = [r for r in rows if r["corruption"] == kind]
+            ax.errorbar(
+                [r["severity"] for r in mine],
+                [r["accuracy"] for r in mine],
+                yerr=[r.get("accuracy_std", 0.0) for r in mine],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        ax.set_title(kind)
+        ax.set_xlabel(CORRUPTIONS[kind].unit)
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    return fig

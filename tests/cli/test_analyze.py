@@ -1,0 +1,22 @@
+"""`python -m dpn_lab.analyze`: every figure and a summary of a trained checkpoint."""
+
+import matplotlib.image
+import pytest
+
+from conftest import run_cli
+from dpn_lab.viz.plots import FIGURE_KINDS
+
+
+@pytest.mark.slow
+def test_analyze_writes_every_figure_and_a_summary(tmp_path):
+    trained = run_cli("dpn_lab.train", "trainer.max_epochs=2", "logger=none", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    (ckpt,) = (tmp_path / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt")
+    result = run_cli("dpn_lab.analyze", f"ckpt_path={ckpt}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "analyze" / "runs").iterdir()
+    for kind in FIGURE_KINDS:
+        assert matplotlib.image.imread(run / "figures" / f"{kind}_final.png")[..., :3].std() > 0.05
+    summary = (run / "summary.md").read_text()
+    assert "K=16 components" in summary and summary.count("\n| ") == 16 + 1  # header + one row per component
+    assert "test accuracy:" in summary and "step sizes eta_t" in summary

@@ -1,0 +1,46 @@
+"""Training in-process: a fast dev run of every data config, learning, the ablation."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_cifar10_files, write_mnist_files
+from dpn_lab.train import train
+
+pytestmark = pytest.mark.slow  # each test takes more than ~2 s
+
+
+@pytest.mark.parametrize("data", ["digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "blobs"])
+def test_fast_dev_run_of_every_data_config(make_cfg, tmp_path, monkeypatch, data):
+    overrides = [f"data={data}", "debug=fdr", "model.n_components=8", "model.init_samples=64"]
+    if data in ("mnist", "fashion_mnist"):
+        write_mnist_files(tmp_path / "data", {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[data])
+    if data == "cifar10":
+        import torchvision.datasets.cifar
+
+        write_cifar10_files(tmp_path / "data")
+        monkeypatch.setattr(
+            torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
+        )
+    if data == "blobs":
+        overrides.append("model.extractor=mlp")
+    cfg = make_cfg(overrides)
+    metrics, _ = train(cfg, Path(cfg.paths.output_dir))
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_default_run_learns_digits(make_cfg):
+    cfg = make_cfg(["trainer.max_epochs=4", "logger=none"])
+    metrics, best = train(cfg, Path(cfg.paths.output_dir))
+    assert metrics["test/acc"] > 0.9
+    assert Path(best).is_file() and (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+    # k-means placed the centers on features at fit start: they moved from their N(0, 1) draw
+    assert metrics["val/potential_gain"] > 0
+
+
+def test_zero_steps_trains_the_ablation(make_cfg):
+    cfg = make_cfg(["trainer.max_epochs=2", "logger=none", "model.n_steps=0"])
+    metrics, _ = train(cfg, Path(cfg.paths.output_dir))
+    assert metrics["test/acc"] > 0.5 and metrics["test/potential_gain"] == 0

@@ -1,0 +1,106 @@
+"""k-means and GMM initialisation against the data-generating parameters."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from dpn_lab.model.mixture_init import initialize_potential
+from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
+
+
+def match_rows(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """For each true row, the index of the nearest found row (asserting a one-to-one match)."""
+    order = np.linalg.norm(truth[:, None] - found[None], axis=2).argmin(axis=1)
+    assert sorted(order) == list(range(len(truth)))
+    return order
+
+
+def test_kmeans_puts_centers_on_the_blob_means():
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]])
+    points = np.concatenate([m + 0.3 * rng.normal(size=(250, 3)) for m in means])
+    potential = DenoisingPotential(PotentialConfig(3, 4, precision="full"))
+    result = initialize_potential(
+        potential, torch.from_numpy(points).float(), "kmeans", max_samples=600, seed=0
+    )
+    assert result.n_samples == 600 and result.method == "kmeans"
+    centers = potential.mu.detach().numpy()
+    order = match_rows(centers, means)
+    # a 600-point sample of 0.3-std blobs: each mean to within a few standard errors
+    np.testing.assert_allclose(centers[order], means, atol=0.15)
+    assert result.inertia == pytest.approx(600 * 3 * 0.09, rel=0.2)
+
+
+GAUSSIANS = {
+    "full": [
+        np.array([[1.0, 0.6, 0], [0.6, 1.0, 0.2], [0, 0.2, 0.5]]),
+        np.array([[0.5, -0.2, 0], [-0.2, 0.8, 0], [0, 0, 1.5]]),
+    ],
+    "diag": [np.diag([1.0, 0.3, 0.6]), np.diag([0.4, 1.2, 0.8])],
+    "spherical": [0.5 * np.eye(3), 1.3 * np.eye(3)],
+}
+
+
+@pytest.mark.parametrize("precision", sorted(GAUSSIANS))
+def test_gmm_recovers_known_gaussians(precision):
+    rng = np.random.default_rng(1)
+    means, weights, n = np.array([[0.0, 0, 0], [6, 6, 0]]), np.array([0.3, 0.7]), 20000
+    covs = GAUSSIANS[precision]
+    labels = rng.choice(2, size=n, p=weights)
+    points = np.stack([rng.multivariate_normal(means[k], covs[k]) for k in labels])
+    potential = DenoisingPotential(PotentialConfig(3, 2, precision=precision)).double()
+    initialize_potential(potential, torch.from_numpy(points), "gmm", max_samples=n, seed=0)
+    order = match_rows(potential.mu.detach().numpy(), means)
+    np.testing.assert_allclose(potential.mu.detach().numpy()[order], means, atol=0.05)
+    np.testing.assert_allclose(
+        potential.covariance_matrices().detach().numpy()[order], np.array(covs), atol=0.06
+    )
+    # c_i = log pi_i + 1/2 log det P_i: the mixing proportions are softmax(c_i - 1/2 log det P_i)
+    c = potential.c.detach().numpy() - 0.5 * np.linalg.slogdet(np.linalg.inv(np.array(covs)[order]))[1][order]
+    np.testing.assert_allclose(np.exp(c[order]) / np.exp(c).sum(), weights, atol=0.02)
+    # phi is the fitted mixture's log-density up to D/2 log(2 pi): compare with the true density
+    x = points[:20]
+    true_logpdf = logsumexp(
+        [np.log(weights[k]) + multivariate_normal(means[k], covs[k]).logpdf(x) for k in range(2)], axis=0
+    )
+    phi = potential.compute_potential(torch.from_numpy(x)).detach().numpy() - 1.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(phi, true_logpdf, rtol=0.03, atol=0.03)
+
+
+def test_gmm_lowrank_recovers_isotropic_plus_rank_one_precision():
+    rng = np.random.default_rng(2)
+    v = np.array([1.0, 2.0, 0.0, -1.0])
+    precision = 2.0 * np.eye(4) + np.outer(v, v)
+    points = rng.multivariate_normal(np.zeros(4), np.linalg.inv(precision), size=40000)
+    potential = DenoisingPotential(PotentialConfig(4, 1, precision="lowrank", rank=1)).double()
+    initialize_potential(potential, torch.from_numpy(points), "gmm", max_samples=40000, seed=0)
+    np.testing.assert_allclose(potential.precision_matrices().detach().numpy()[0], precision, atol=0.15)
+
+
+def test_more_components_than_samples_is_a_clear_error():
+    potential = DenoisingPotential(PotentialConfig(2, 50, precision="full"))
+    with pytest.raises(ValueError, match="n_components=50 exceeds the 20 feature vectors"):
+        initialize_potential(potential, torch.randn(20, 2), "kmeans")
+    with pytest.raises(ValueError, match="init='spectral' is not allowed; choose one of: kmeans, gmm"):
+        initialize_potential(potential, torch.randn(20, 2), "spectral")
+
+
+def test_same_seed_same_centers():
+    features = torch.randn(500, 5)
+    centers = []
+    for _ in range(2):
+        potential = DenoisingPotential(PotentialConfig(5, 6, precision="full"))
+        initialize_potential(potential, features, "kmeans", max_samples=200, seed=3)
+        centers.append(potential.mu.detach().clone())
+    assert torch.equal(*centers)
+
+
+def test_initialize_centers_from_features():
+    potential = DenoisingPotential(PotentialConfig(16, 5, precision="full"))
+    features = torch.cat([torch.full((30, 16), float(v)) for v in range(5)]) + 0.01 * torch.randn(150, 16)
+    result = initialize_potential(potential, features, "kmeans", max_samples=100, seed=0)
+    assert result.n_samples == 100
+    centers = potential.mu.detach()
+    assert sorted(centers.mean(1).round().tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -1,0 +1,60 @@
+"""FullArchitecture: shapes on every supported image size, per-step logits, and gradient flow."""
+
+import pytest
+import torch
+
+from dpn_lab import DenoisingPotential, FullArchitecture, build_extractor
+from dpn_lab.model.potential import PotentialConfig
+
+
+def make_model(
+    extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled"
+) -> FullArchitecture:
+    torch.manual_seed(0)
+    potential = DenoisingPotential(
+        PotentialConfig(16, 5, n_steps=n_steps, grad_mode=grad_mode, precision="full")
+    )
+    return FullArchitecture(build_extractor(extractor, input_shape, 16), potential, n_classes=10)
+
+
+@pytest.mark.parametrize("extractor", ["mlp", "cnn"])
+@pytest.mark.parametrize("input_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_logits_for_every_image_size(extractor, input_shape):
+    model = make_model(extractor, input_shape).eval()
+    images = torch.rand(4, *input_shape)
+    logits = model(images)
+    per_step = model(images, all_steps=True)
+    assert logits.shape == (4, 10) and per_step.shape == (4, 4, 10)
+    torch.testing.assert_close(per_step[-1], logits)
+    # step 0 reads the unrefined features
+    torch.testing.assert_close(per_step[0], model.classifier(model.features(images)))
+
+
+def test_mlp_reads_flat_inputs():
+    model = make_model("mlp", (64,)).eval()
+    assert model(torch.rand(3, 64)).shape == (3, 10)
+
+
+def test_cnn_rejects_flat_input_shapes():
+    with pytest.raises(ValueError, match=r"CNNExtractor needs \(channels, height, width\) inputs"):
+        build_extractor("cnn", (64,), 16)
+    with pytest.raises(ValueError, match="extractor='resnet' is not allowed; choose one of: mlp, cnn"):
+        build_extractor("resnet", (1, 8, 8), 16)
+
+
+def extractor_gradient_norm(model: FullArchitecture) -> float:
+    images = torch.rand(8, 1, 8, 8)
+    torch.nn.functional.cross_entropy(model(images), torch.arange(8)).backward()
+    return sum(float(p.grad.abs().sum()) for p in model.extractor.parameters() if p.grad is not None)
+
+
+def test_detach_starves_the_extractor_and_unrolled_feeds_it():
+    assert extractor_gradient_norm(make_model("mlp", (1, 8, 8), grad_mode="detach")) == 0
+    assert extractor_gradient_norm(make_model("mlp", (1, 8, 8), grad_mode="unrolled")) > 0
+
+
+def test_zero_steps_freezes_the_potential():
+    model = make_model("mlp", (1, 8, 8), n_steps=0)
+    assert not any(p.requires_grad for p in model.potential.parameters())
+    images = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(model(images), model.classifier(model.features(images)))

@@ -1,0 +1,41 @@
+"""The sweep comparison: baselines fitted on the same test indices as the DPN jobs."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
+    result = run_cli(
+        "dpn_lab.train",
+        "experiment=robustness_digits",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        "eval.corruptions=[gaussian]",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    with open(sweep / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    assert models == ["model.n_steps=0 (no refinement)", "model.n_steps=5", "logistic regression", "RBF SVC"]
+    assert all(r["n_seeds"] == "2" for r in rows)
+    # every model was evaluated on the same two test sets (one per split seed)...
+    test_sets = {r["test_sets"] for r in rows}
+    assert len(test_sets) == 1 and len(next(iter(test_sets)).split()) == 2
+    # ...and they are the digests of the splits the jobs actually used
+    from dpn_lab.data import DigitsDataModule
+    from dpn_lab.robustness.evaluate import index_digest
+
+    for job in sweep.glob("[0-9]*"):
+        meta = json.loads((job / "robustness.json").read_text())
+        dm = DigitsDataModule(split_seed=meta["data"]["split_seed"])
+        dm.setup()
+        assert meta["test_index_digest"] == index_digest(dm.split_indices["test"])
+    table = (sweep / "comparison.md").read_text()
+    assert "| gaussian | 0.4 |" in table and "± " in table

@@ -1,0 +1,82 @@
+"""Checkpoint files: atomic finite writes, and reads that refuse anything but plain data."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from conftest import DATA_ARGS, LEGACY_TARGET, checkpoint_file, payloads, placements, untouched
+from dpn_lab.checkpoints import (
+    SafeCheckpointIO,
+    data_module_from_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from dpn_lab.data import DigitsDataModule
+from dpn_lab.errors import ConfigError
+
+
+def test_every_hostile_placement_is_refused_when_read(place):
+    directory, victim_hash = place
+    for name, payload in payloads(directory).items():
+        for where, extra in placements(payload).items():
+            path = checkpoint_file(directory / "hostile.ckpt", extra)
+            with pytest.raises(ConfigError, match=r"hostile.ckpt: refused: .*import path") as caught:
+                checkpoint = read_checkpoint(str(path))
+                data_module_from_checkpoint(checkpoint, str(path))
+            assert "\n" not in str(caught.value), (name, where)
+            untouched(directory, victim_hash)
+
+
+def test_a_checkpoint_with_an_unknown_hyperparameter_is_one_line(tmp_path):
+    path = checkpoint_file(tmp_path / "odd.ckpt", {"hyper_parameters_extra": {"shell": "rm -rf"}})
+    with pytest.raises(ConfigError, match="odd.ckpt: unknown hyperparameter shell; a DPN takes: "):
+        model_from_checkpoint(read_checkpoint(str(path)), str(path))
+
+
+def test_checkpoints_written_before_records_still_rebuild_their_data(tmp_path):
+    args = {**DATA_ARGS, "split_seed": 3, "batch_size": 32}
+    path = checkpoint_file(tmp_path / "old.ckpt", data={"_target_": LEGACY_TARGET, **args})
+    checkpoint = read_checkpoint(str(path))
+    datamodule = data_module_from_checkpoint(checkpoint, str(path))
+    assert type(datamodule) is DigitsDataModule and dict(datamodule.hparams) == args
+    assert model_from_checkpoint(checkpoint, str(path)).hparams.precision == "diag"
+    # what a checkpoint stores now: name and plain arguments, no import path
+    assert datamodule.state_dict() == {"name": "digits", "args": args}
+
+
+def test_checkpoint_writes_are_atomic_and_never_non_finite(tmp_path):
+    io = SafeCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    good = {"state_dict": {"w": torch.ones(3)}, "epoch": 1}
+    io.save_checkpoint(good, path)
+    # a write that fails half-way (an object torch.save cannot pickle) leaves the previous file intact
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "broken": lambda: None}, path)
+    assert read_checkpoint(str(path))["epoch"] == 1 and list(tmp_path.iterdir()) == [path]
+    # non-finite weights are refused, the good file stays
+    io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}, "epoch": 2}, path)
+    assert read_checkpoint(str(path))["epoch"] == 1
+
+
+def test_unreadable_and_unsafe_checkpoints_are_one_line_errors(tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(ConfigError, match=r"truncated.ckpt: not a readable checkpoint, truncated or corrupt"):
+        read_checkpoint(str(truncated))
+
+    class Payload:  # a pickle that would run code when loaded without weights_only
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, unsafe)
+    with pytest.raises(
+        ConfigError,
+        match="unsafe.ckpt: not a loadable dpn_lab checkpoint .it holds objects other than plain data",
+    ):
+        read_checkpoint(str(unsafe))
