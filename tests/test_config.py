@@ -69,6 +69,40 @@ BAD_VALUES = [
         "model.gradient_impl='fd' is not allowed; choose one of: closed_form, autograd",
     ),
     ("model.step_size=cosine", "model.step_size='cosine' is not allowed; choose one of: shared, per_step"),
+    (
+        "+model.extractor_kwargs.norm=layer",
+        "model.extractor_kwargs.norm='layer' is not allowed; choose one of: batch, group",
+    ),
+    (
+        "model.extractor=mlp +model.extractor_kwargs.pool=avg",
+        "model.extractor_kwargs.pool is not allowed for model.extractor=mlp; it takes: hidden",
+    ),
+    (
+        "+model.extractor_kwargs.channels=[]",
+        "model.extractor_kwargs.channels=[] is not allowed: use a non-empty list",
+    ),
+    ("model.consistency_weight=-1", "model.consistency_weight=-1 is out of range: must be a number >= 0"),
+    ("model.center_update=kalman", "model.center_update='kalman' is not allowed; choose one of: none, ema"),
+    ("model.center_momentum=1", "model.center_momentum=1 is out of range: must be a number >= 0 and < 1"),
+    ("model.init_step_limit=0", "model.init_step_limit=0 is out of range: must be a number > 0 or null"),
+    (
+        "+model.noise_pairs.kind=gaussian",
+        "model.noise_pairs={'kind': 'gaussian'} is not allowed: use null or",
+    ),
+    (
+        "model.noise_pairs={kind:fog,severity:0.1}",
+        "model.noise_pairs.kind='fog' is not allowed; choose one of: gaussian, salt_pepper, occlusion, blur",
+    ),
+    (
+        "model.noise_pairs={kind:salt_pepper,severity:2}",
+        "model.noise_pairs.severity=2 is out of range: must be a number >= 0 and <= 1",
+    ),
+    ("eval.split=train", "eval.split='train' is not allowed; choose one of: test, val"),
+    (
+        "eval.test_steps=[0,-1]",
+        "eval.test_steps=[0, -1] is not allowed: use null or a non-empty list of integers >= 0",
+    ),
+    ("robustness@eval=default eval.levels.blur=[1000]", "eval.levels.blur.0=1000 is out of range: must be a number >= 0 and <= 10"),
     ("model.init=random", "model.init='random' is not allowed; choose one of: kmeans, gmm"),
     ("model.n_components=0", "model.n_components=0 is out of range: must be an integer >= 1"),
     ("model.n_components=abc", "model.n_components='abc' has the wrong type: must be an integer >= 1"),
@@ -158,8 +192,9 @@ def test_potential_arguments_are_written_once_and_agree_everywhere():
         assert MODEL_RULES[f"model.{name}"].check(default) is None, name
     for name, default in lit.items():
         if name not in ("optimizer", "scheduler"):
-            assert yaml_model[name] == (default if default is not None else {}), name
-    model_keys = {key.removeprefix("model.") for key in MODEL_RULES}
+            assert yaml_model[name] == ({} if name == "extractor_kwargs" else default), name
+    model_keys = {key.removeprefix("model.").split(".")[0] for key in MODEL_RULES}
     assert model_keys <= set(potential_fields) | set(lit)
-    assert set(yaml_model) - {"_target_", "optimizer", "scheduler", "extractor_kwargs"} <= model_keys
+    # noise_pairs is checked as a corruption spec, like data.train_corruption
+    assert set(yaml_model) - {"_target_", "optimizer", "scheduler", "extractor_kwargs", "noise_pairs"} <= model_keys
     assert list(inspect.signature(DenoisingPotential.__init__).parameters) == ["self", "config"]

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from dpn_lab.callbacks.figure_logger import FigureLogger
 from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 from dpn_lab.config import validate_config
+from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.runs.resolvers import register_resolvers
 from dpn_lab.runs.task import command_line, exit_on_user_error, run_task
@@ -29,7 +30,31 @@ def test_accuracy(model: DPNLitModule, inputs: torch.Tensor, labels: torch.Tenso
     return float((predictions == labels).float().mean())
 
 
-def summary_markdown(model: DPNLitModule, checkpoint: dict[str, Any], accuracy: float, ckpt_path: str) -> str:
+@torch.no_grad()
+def validation_diagnostics(model: DPNLitModule, datamodule) -> dict[str, float]:
+    """The potential/ diagnostics on the validation split; components vote the labels of the training split."""
+    model.eval()
+
+    def states(inputs: torch.Tensor) -> list[torch.Tensor]:
+        chunks = [model.net.states(chunk) for chunk in inputs.split(512)]
+        return [torch.cat(step) for step in zip(*chunks, strict=True)]
+
+    train, val = datamodule.splits["train"], datamodule.splits["val"]
+    counts = component_label_counts(
+        model.net.potential, states(train.inputs)[-1], train.labels, model.hparams.n_classes
+    )
+    return potential_diagnostics(
+        model.net.potential, model.net.classifier, states(val.inputs), val.labels, counts.argmax(1)
+    )
+
+
+def summary_markdown(
+    model: DPNLitModule,
+    checkpoint: dict[str, Any],
+    accuracy: float,
+    ckpt_path: str,
+    diagnostics: dict[str, float],
+) -> str:
     hp, potential = model.hparams, model.net.potential
     counts = {
         name: sum(p.numel() for p in part.parameters())
@@ -55,6 +80,12 @@ def summary_markdown(model: DPNLitModule, checkpoint: dict[str, Any], accuracy: 
         + ")",
         f"- step sizes eta_t: {etas}",
         f"- test accuracy: {accuracy:.4f}",
+        "",
+        "Diagnostics of the potential on the validation split (README: what each means):",
+        "",
+        "| diagnostic | value |",
+        "|---|---|",
+        *(f"| potential/{key} | {value:.4g} |" for key, value in diagnostics.items()),
         "",
         "| component | weight w_i (normalised exp c_i) | log det covariance |",
         "|---|---|---|",
@@ -85,7 +116,9 @@ def analyze(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]:
     )
     test = datamodule.splits["test"]
     accuracy = test_accuracy(model, test.inputs, test.labels)
-    summary = summary_markdown(model, checkpoint, accuracy, cfg.ckpt_path)
+    summary = summary_markdown(
+        model, checkpoint, accuracy, cfg.ckpt_path, validation_diagnostics(model, datamodule)
+    )
     (output_dir / "summary.md").write_text(summary)
     log.info(f"analysis written to {output_dir}")
     print(summary)

@@ -98,6 +98,15 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+def _with_historical_defaults(hp: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints store every extractor argument since the CNN gained `norm` and `pool`; a CNN checkpoint
+    without them was written before, when the only CNN was BatchNorm + global average pooling."""
+    kwargs = hp.get("extractor_kwargs") or {}
+    if hp.get("extractor", "cnn") == "cnn" and "norm" not in kwargs:
+        return {**hp, "extractor_kwargs": {"norm": "batch", "pool": "avg", **kwargs}}
+    return hp
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule:
     """The DPNLitModule the checkpoint's hyperparameters describe, with its weights."""
     hp = checkpoint.get("hyper_parameters")
@@ -113,7 +122,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule
         raise ConfigError(
             f"ckpt_path={path}: unknown hyperparameter {', '.join(unknown)}; a DPN takes: {', '.join(sorted(accepted))}"
         )
-    model = DPNLitModule(**hp)
+    model = DPNLitModule(**_with_historical_defaults(hp))
     check_checkpoint_fits(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,9 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.errors import ConfigError
-from dpn_lab.model.extractors import EXTRACTORS
+from dpn_lab.model.extractors import CNN_NORMS, CNN_POOLS, EXTRACTORS
+from dpn_lab.model.lit_module import CENTER_UPDATES
 from dpn_lab.model.mixture_init import INIT_METHODS
 from dpn_lab.model.potential import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_SIZES
+from dpn_lab.robustness.evaluate import EVAL_SPLITS
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ MODEL_RULES: dict[str, Choice | Number] = {
     "model.aux_loss_weight": Number(low=0),
     "model.checkpoint_steps": Choice((True, False)),
     "model.bound_step_size": Choice((True, False)),
+    "model.extractor_kwargs.norm": Choice(CNN_NORMS),
+    "model.extractor_kwargs.pool": Choice(CNN_POOLS),
+    "model.consistency_weight": Number(low=0),
+    "model.center_update": Choice(CENTER_UPDATES),
+    "model.center_momentum": Number(low=0, high=1, high_open=True),
+    "model.init_step_limit": Number(low=0, low_open=True, nullable=True),
 }
 DATA_RULES: dict[str, Choice | Number] = {
     "data.batch_size": Number(integer=True, low=1),
@@ -159,6 +168,36 @@ def _check_model_consistency(cfg: DictConfig) -> None:
         )
 
 
+def _check_extractor_kwargs(cfg: DictConfig) -> None:
+    kwargs = OmegaConf.select(cfg, "model.extractor_kwargs")
+    if kwargs is None:
+        return
+    if not OmegaConf.is_dict(kwargs):
+        raise ConfigError(
+            f"model.extractor_kwargs={kwargs!r} is not allowed: use a mapping, e.g. {{norm: batch}}"
+        )
+    extractor = EXTRACTORS[cfg.model.extractor]
+    accepted = [
+        p
+        for p in inspect.signature(extractor.__init__).parameters
+        if p not in ("self", "input_shape", "feature_dim")
+    ]
+    for key in kwargs:
+        if key not in accepted:
+            raise ConfigError(
+                f"model.extractor_kwargs.{key} is not allowed for model.extractor={cfg.model.extractor}; "
+                f"it takes: {', '.join(accepted)}"
+            )
+    for key in ("channels", "hidden"):
+        widths = kwargs.get(key)
+        if widths is not None and not (
+            OmegaConf.is_list(widths) and widths and all(type(w) is int and w >= 1 for w in widths)
+        ):
+            raise ConfigError(
+                f"model.extractor_kwargs.{key}={widths!r} is not allowed: use a non-empty list of integers >= 1"
+            )
+
+
 def _check_corruption(cfg: DictConfig, key: str) -> None:
     spec = OmegaConf.select(cfg, key)
     if spec is None:
@@ -186,7 +225,14 @@ def _check_robustness(cfg: DictConfig) -> None:
             )
         for j in range(len(levels)):
             _check_rules(cfg, {f"eval.levels.{kind}.{j}": Number(low=0, high=CORRUPTIONS[kind].max_severity)})
-    _check_rules(cfg, {"eval.seed": Number(integer=True, low=0)})
+    _check_rules(cfg, {"eval.seed": Number(integer=True, low=0), "eval.split": Choice(EVAL_SPLITS)})
+    steps = OmegaConf.select(cfg, "eval.test_steps")
+    if steps is not None and not (
+        OmegaConf.is_list(steps) and all(type(t) is int and t >= 0 for t in steps) and len(steps) > 0
+    ):
+        raise ConfigError(
+            f"eval.test_steps={steps!r} is not allowed: use null or a non-empty list of integers >= 0, e.g. [0,1,2,5,10,20]"
+        )
 
 
 def _check_ckpt_path(cfg: DictConfig, required: bool) -> None:
@@ -213,6 +259,11 @@ def validate_config(cfg: DictConfig, for_eval: bool = False) -> None:
         lambda: _check_ckpt_path(cfg, required=for_eval),
     ]
     if not for_eval:
-        checks[1:1] = [lambda: _check_rules(cfg, MODEL_RULES), lambda: _check_model_consistency(cfg)]
+        checks[1:1] = [
+            lambda: _check_rules(cfg, MODEL_RULES),
+            lambda: _check_extractor_kwargs(cfg),
+            lambda: _check_model_consistency(cfg),
+            lambda: _check_corruption(cfg, "model.noise_pairs"),
+        ]
     for check in checks:
         check()

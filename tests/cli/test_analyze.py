@@ -18,5 +18,8 @@ def test_analyze_writes_every_figure_and_a_summary(tmp_path):
     for kind in FIGURE_KINDS:
         assert matplotlib.image.imread(run / "figures" / f"{kind}_final.png")[..., :3].std() > 0.05
     summary = (run / "summary.md").read_text()
-    assert "K=16 components" in summary and summary.count("\n| ") == 16 + 1  # header + one row per component
+    assert "K=16 components" in summary
+    assert summary.count("\n| potential/") == 6 + 6 + 1  # six diagnostics, acc_step_0..5, acc_responsibility
+    components = summary.split("| component |")[1]
+    assert components.count("\n| ") == 16  # one row per component
     assert "test accuracy:" in summary and "step sizes eta_t" in summary

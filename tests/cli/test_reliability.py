@@ -191,7 +191,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("failing_rank", [1, 0])
 def test_one_failing_ddp_rank_ends_every_process_with_its_error(tmp_path, failing_rank):
-    helpers = str(Path(__file__).parent / "helpers")
+    helpers = str(Path(__file__).parents[1] / "helpers")
     start = time.time()
     result = run_cli(
         "dpn_lab.train",

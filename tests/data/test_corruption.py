@@ -64,3 +64,19 @@ def test_corruptions_change_the_expected_amount():
     assert abs(changed.float().mean().item() - 0.2) < 0.01
     assert set(flipped[changed].unique().tolist()) == {0.0, 1.0}
     assert torch.equal(corrupt(images, "gaussian", 0.0), images)
+
+
+def test_seeded_generators_repeat_for_the_same_keys_and_differ_otherwise():
+    from dpn_lab.data.corruption import seeded_generator
+
+    def draw(*keys):
+        return torch.randn(5, generator=seeded_generator(*keys))
+
+    assert torch.equal(draw(0, 3, 7, 0), draw(0, 3, 7, 0))  # a deterministic run reproduces
+    for other in [(0, 3, 7, 1), (0, 3, 8, 0), (0, 4, 7, 0), (1, 3, 7, 0)]:  # rank, batch, epoch, seed
+        assert not torch.equal(draw(0, 3, 7, 0), draw(*other)), other
+
+
+def test_every_registered_corruption_has_its_unit_limit_and_meaning():
+    for kind, spec in CORRUPTIONS.items():
+        assert spec.unit and spec.meaning and (spec.max_severity is None or spec.max_severity > 0), kind

@@ -104,3 +104,45 @@ def test_initialize_centers_from_features():
     assert result.n_samples == 100
     centers = potential.mu.detach()
     assert sorted(centers.mean(1).round().tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_kmeans_sets_precisions_from_cluster_spread_and_weights_from_sizes():
+    rng = np.random.default_rng(0)
+    stds = np.array([[0.5, 2.0], [1.0, 0.25]])
+    sizes = (3000, 1000)
+    points = np.vstack(
+        [rng.normal([-20.0, 0.0], stds[0], (sizes[0], 2)), rng.normal([20.0, 0.0], stds[1], (sizes[1], 2))]
+    )
+    potential = DenoisingPotential(PotentialConfig(2, 2, precision="diag")).double()
+    initialize_potential(potential, torch.from_numpy(points), "kmeans", max_samples=4000, seed=0)
+    order = potential.mu[:, 0].argsort()
+    precision = potential.precision_diag.detach()[order] ** 2
+    np.testing.assert_allclose(precision.numpy(), 1 / stds**2, rtol=0.1)
+    # phi is the mixture log-density: c_i - 1/2 log det P_i = log pi_i
+    half_logdet = 0.5 * torch.log(precision).sum(1)
+    pi = torch.exp(potential.c.detach()[order] - half_logdet)
+    np.testing.assert_allclose(pi.numpy(), np.array(sizes) / sum(sizes), rtol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["full", "lowrank", "spherical"])
+def test_kmeans_precisions_are_positive_definite_for_every_family(precision):
+    points = torch.randn(600, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    potential = DenoisingPotential(PotentialConfig(4, 3, precision=precision, rank=2)).double()
+    initialize_potential(potential, points, "kmeans", max_samples=600, seed=0)
+    eigenvalues = torch.linalg.eigvalsh(potential.precision_matrices().detach())
+    assert (eigenvalues > 0).all() and eigenvalues.max() < 1e3
+
+
+def test_step_limit_caps_eta_times_the_largest_precision_eigenvalue():
+    points = torch.randn(500, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.01
+    potential = DenoisingPotential(
+        PotentialConfig(3, 2, n_steps=3, precision="diag", init_step_size=0.5)
+    ).double()
+    initialize_potential(potential, points, "kmeans", max_samples=500, seed=0, step_limit=1.0)
+    lam = torch.linalg.eigvalsh(potential.precision_matrices().detach()).max()
+    assert float(potential.step_sizes().detach().max() * lam) == pytest.approx(1.0)
+    loose = DenoisingPotential(
+        PotentialConfig(3, 2, n_steps=3, precision="diag", init_step_size=1e-6)
+    ).double()
+    initialize_potential(loose, points, "kmeans", max_samples=500, seed=0, step_limit=1.0)
+    assert float(loose.step_sizes().detach().max()) == pytest.approx(1e-6)  # already stable: left alone

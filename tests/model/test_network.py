@@ -58,3 +58,29 @@ def test_zero_steps_freezes_the_potential():
     assert not any(p.requires_grad for p in model.potential.parameters())
     images = torch.rand(2, 1, 8, 8)
     torch.testing.assert_close(model(images), model.classifier(model.features(images)))
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize("pool", ["avg", "flatten"])
+def test_cnn_norm_and_pool_options(norm, pool):
+    extractor = build_extractor("cnn", (1, 28, 28), 16, norm=norm, pool=pool).eval()
+    layers = [type(m).__name__ for m in extractor.modules()]
+    assert ("BatchNorm2d" in layers) == (norm == "batch") and ("GroupNorm" in layers) == (norm == "group")
+    assert ("AdaptiveAvgPool2d" in layers) == (pool == "avg")
+    head = extractor.net[-1]
+    assert head.in_features == (64 if pool == "avg" else 64 * 7 * 7)  # 28 -> 14 -> 7 after two poolings
+    images = torch.rand(3, 1, 28, 28)
+    assert extractor(images).shape == (3, 16)
+    if norm == "group":  # the same computation for one image alone as inside a batch
+        torch.testing.assert_close(extractor(images[:1]), extractor(images)[:1])
+
+
+def test_cnn_options_are_checked():
+    with pytest.raises(
+        ValueError, match="model.extractor_kwargs.norm='layer' is not allowed; choose one of: batch, group"
+    ):
+        build_extractor("cnn", (1, 8, 8), 16, norm="layer")
+    with pytest.raises(ValueError, match="every width must be a multiple of 8"):
+        build_extractor("cnn", (1, 8, 8), 16, channels=[12])
+    with pytest.raises(ValueError, match="pooling stages shrink a 8x8 image to nothing"):
+        build_extractor("cnn", (1, 8, 8), 16, channels=[8, 8, 8, 8])

@@ -34,7 +34,8 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
 
     for job in sweep.glob("[0-9]*"):
         meta = json.loads((job / "robustness.json").read_text())
-        dm = DigitsDataModule(split_seed=meta["data"]["split_seed"])
+        assert meta["data"]["name"] == "digits"
+        dm = DigitsDataModule(split_seed=meta["data"]["args"]["split_seed"])
         dm.setup()
         assert meta["test_index_digest"] == index_digest(dm.split_indices["test"])
     table = (sweep / "comparison.md").read_text()

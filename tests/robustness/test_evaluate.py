@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from conftest import run_cli
-from dpn_lab.robustness.evaluate import robustness_rows
+from dpn_lab.model.lit_module import DPNLitModule
+from dpn_lab.robustness.evaluate import accuracy_at_coverage, auroc, robustness_rows, steps_rows
 
 
 def test_robustness_rows_count_correct_predictions():
     labels = torch.arange(10) % 2
 
     def predict(inputs):  # "predicts" class 1 wherever the first pixel is bright
-        return (inputs[:, 0, 0, 0] > 0.5).long(), 1.0, 2.0
+        return {"predicted": (inputs[:, 0, 0, 0] > 0.5).long()}
 
     images = labels.float().view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
     rows = robustness_rows(predict, images, labels, {"gaussian": [0.0], "occlusion": [4]}, seed=0)
@@ -23,6 +24,45 @@ def test_robustness_rows_count_correct_predictions():
     ]
 
 
+def test_auroc_is_the_probability_a_corrupted_input_scores_higher():
+    clean, corrupted = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 3.0])
+    # pairs (corrupted > clean): 1 vs {0: win, 1: tie, 2: loss} = 1.5; 3 vs all = 3; out of 6
+    assert auroc(clean, corrupted) == pytest.approx(4.5 / 6)
+    assert auroc(clean, clean + 10) == 1.0 and auroc(clean + 10, clean) == 0.0
+    sk = pytest.importorskip("sklearn.metrics")
+    scores = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    expected = sk.roc_auc_score([0] * 120 + [1] * 80, scores.numpy())
+    assert auroc(scores[:120], scores[120:]) == pytest.approx(expected)
+
+
+def test_accuracy_at_coverage_rejects_the_least_confident():
+    correct = torch.tensor([True, False, True, True, False, True, True, True, True, True])
+    confidence = torch.tensor([0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.95])
+    # 90% coverage keeps 9 of 10: drops index 1 (confidence 0.1), one wrong answer left of 9
+    assert accuracy_at_coverage(correct, confidence) == pytest.approx(8 / 9)
+    assert accuracy_at_coverage(correct, confidence, coverage=0.3) == 1.0
+
+
+def test_uncertainty_columns_of_a_dpn_on_noise():
+    torch.manual_seed(0)
+    model = DPNLitModule([1, 8, 8], 3, n_steps=2, n_components=3, feature_dim=4).eval()
+    images, labels = torch.rand(40, 1, 8, 8), torch.arange(40) % 3
+    from dpn_lab.robustness.evaluate import dpn_outputs
+
+    rows = robustness_rows(
+        lambda x: dpn_outputs(model.net, x), images, labels, {"gaussian": [0.0, 0.5]}, seed=1
+    )
+    assert rows[0]["auroc_potential"] != rows[0]["auroc_potential"]  # NaN: clean against clean
+    for key in ("auroc_potential", "auroc_msp", "acc90_potential", "acc90_msp"):
+        assert 0 <= rows[1][key] <= 1, key
+    steps = steps_rows(model.net, images, labels, {"gaussian": [0.0]}, 1, [0, 2, 7])
+    assert [r["test_steps"] for r in steps] == [0, 2, 7] and model.net.potential.n_steps == 2
+    with torch.no_grad():
+        plain = (model.net.classifier(model.net.features(images)).argmax(1) == labels).float().mean()
+    assert steps[0]["accuracy"] == pytest.approx(float(plain))  # T=0: the read-out of x_0
+    assert steps[1]["accuracy"] == rows[0]["accuracy"]  # T=2: the trained number of steps
+
+
 @pytest.mark.slow
 def test_eval_writes_every_corruption_and_level(tmp_path):
     trained = run_cli(
@@ -30,7 +70,13 @@ def test_eval_writes_every_corruption_and_level(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     (ckpt,) = (tmp_path / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt")
-    result = run_cli("dpn_lab.eval", f"ckpt_path={ckpt}", "eval.levels.gaussian=[0,0.25]", cwd=tmp_path)
+    result = run_cli(
+        "dpn_lab.eval",
+        f"ckpt_path={ckpt}",
+        "eval.levels.gaussian=[0,0.25]",
+        "eval.test_steps=[0,5,10]",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     with open(run / "robustness.csv") as f:
@@ -49,3 +95,13 @@ def test_eval_writes_every_corruption_and_level(tmp_path):
     assert len(set(clean)) == 1  # severity 0 is the clean test set for every corruption
     assert "| corruption | severity | accuracy |" in (run / "robustness.md").read_text()
     assert (run / "robustness.png").stat().st_size > 10_000
+    assert (run / "uncertainty.png").stat().st_size > 10_000 and (
+        run / "test_steps.png"
+    ).stat().st_size > 10_000
+    with open(run / "test_steps.csv") as f:
+        steps = list(csv.DictReader(f))
+    assert [int(r["test_steps"]) for r in steps] == [0] * 17 + [5] * 17 + [10] * 17
+    trained_steps = [r for r in steps if r["test_steps"] == "5"]  # the default model trains T=5
+    assert [float(r["accuracy"]) for r in trained_steps] == [float(r["accuracy"]) for r in rows]
+    noisy = next(r for r in rows if r["corruption"] == "gaussian" and r["severity"] == "0.25")
+    assert 0 <= float(noisy["auroc_potential"]) <= 1 and 0 <= float(noisy["acc90_msp"]) <= 1

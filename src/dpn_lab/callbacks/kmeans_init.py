@@ -38,8 +38,16 @@ class KMeansInit(L.Callback):
     @torch.no_grad()
     def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, limit: int) -> torch.Tensor:
         inputs, _ = trainer.datamodule.splits["train"].sample(limit, self.seed)
-        # Train mode: the potential sees training-mode features (BatchNorm batch statistics) while fitting.
-        return torch.cat([pl_module.net.features(chunk.to(pl_module.device)) for chunk in inputs.split(512)])
+        # eval mode: the features the potential will refine at test time, and BatchNorm's running
+        # statistics are left as training made them
+        was_training = pl_module.net.training
+        pl_module.net.eval()
+        try:
+            return torch.cat(
+                [pl_module.net.features(chunk.to(pl_module.device)) for chunk in inputs.split(512)]
+            )
+        finally:
+            pl_module.net.train(was_training)
 
     def _initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         potential = pl_module.net.potential
@@ -49,7 +57,7 @@ class KMeansInit(L.Callback):
         result = None
         if trainer.is_global_zero:
             features = self._features(trainer, pl_module, limit)
-            result = initialize_potential(potential, features, hp.init, limit, self.seed)
+            result = initialize_potential(potential, features, hp.init, limit, self.seed, hp.init_step_limit)
         state = trainer.strategy.broadcast({k: v.cpu() for k, v in potential.state_dict().items()}, src=0)
         potential.load_state_dict(state)
         potential.active = True

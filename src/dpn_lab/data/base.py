@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dpn_lab.data.corruption import corrupt
+from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.errors import DataError
 
 
@@ -50,7 +50,8 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: seed of the deterministic stratified split (separate from the training seed).
         train_corruption, test_corruption: None or {kind: <a kind of dpn_lab.data.corruption.CORRUPTIONS>,
             severity: float}. Training
-            corruption is drawn fresh for every batch; test/val corruption is drawn once from split_seed.
+            corruption is drawn fresh for every batch from a generator seeded by (run seed, epoch, batch
+            index, rank); test/val corruption is drawn once from split_seed.
     """
 
     config_name: str = ""  # the data/ group option, and the name stored checkpoints rebuild it by
@@ -79,6 +80,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size_per_device = batch_size
         self.splits: dict[str, TensorBatches] = {}
         self.split_indices: dict[str, Tensor] = {}  # positions in the source (test: in the official test set)
+        self._noise_epoch, self._noise_batch = -1, 0
 
     def load(self) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """(inputs, labels, official (test_inputs, test_labels) or None). Inputs as float, images in [0, 1]."""
@@ -124,7 +126,15 @@ class TensorDataModule(L.LightningDataModule):
         spec = self.hparams.train_corruption
         if spec and self.trainer is not None and self.trainer.training:
             inputs, labels = batch
-            return corrupt(inputs, spec["kind"], spec["severity"]), labels
+            epoch = self.trainer.current_epoch
+            if epoch != self._noise_epoch:
+                self._noise_epoch, self._noise_batch = epoch, 0
+            # seeded by (run seed, epoch, batch, rank): a deterministic run reproduces, DDP ranks differ
+            generator = seeded_generator(
+                "train_corruption", torch.initial_seed(), epoch, self._noise_batch, self.trainer.global_rank
+            )
+            self._noise_batch += 1
+            return corrupt(inputs, spec["kind"], spec["severity"], generator), labels
         return batch
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

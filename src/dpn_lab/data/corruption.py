@@ -7,6 +7,7 @@ table read them from there.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,15 +19,28 @@ from torch import Tensor
 Corruption = Callable[[Tensor, float, torch.Generator | None], Tensor]
 
 
+def seeded_generator(*keys: object) -> torch.Generator:
+    """A CPU generator seeded by a stable hash of `keys`, e.g. (run seed, epoch, batch index, rank): the same
+    keys draw the same numbers in every process and every run; different keys draw independently."""
+    digest = hashlib.sha256(repr(keys).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _draw(draw, images: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Random numbers shaped like images, drawn on the generator's device (a CPU generator serves a batch on
+    any device)."""
+    device = generator.device if generator is not None else images.device
+    return draw(images.shape, generator=generator, device=device, dtype=images.dtype).to(images.device)
+
+
 def gaussian_noise(images: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
     """images + N(0, sigma^2) per pixel, clipped to [0, 1]."""
-    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (images + sigma * noise).clamp_(0.0, 1.0)
+    return (images + sigma * _draw(torch.randn, images, generator)).clamp_(0.0, 1.0)
 
 
 def salt_and_pepper(images: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Each pixel independently replaced with probability p, half by 0 (pepper) and half by 1 (salt)."""
-    u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    u = _draw(torch.rand, images, generator)
     out = images.clone()
     out[u < p / 2] = 0.0
     out[(u >= p / 2) & (u < p)] = 1.0

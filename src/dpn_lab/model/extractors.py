@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -27,14 +28,30 @@ class MLPExtractor(nn.Module):
         return self.net(images)
 
 
-class CNNExtractor(nn.Module):
-    """Two conv blocks (conv-BN-ReLU x2, max-pool 2) and global average pooling.
+CNN_NORMS = ("batch", "group")
+CNN_POOLS = ("avg", "flatten")
+GROUP_NORM_GROUPS = 8
 
-    Pooling to 1x1 at the end lets one architecture serve 1x8x8 digits, 1x28x28 MNIST and 3x32x32 CIFAR.
+
+class CNNExtractor(nn.Module):
+    """Conv blocks (conv-norm-ReLU x2, max-pool 2), then a linear map of the pooled or flattened maps.
+
+    norm: `batch` (BatchNorm; running statistics at test time) or `group` (GroupNorm with 8 groups: the same
+        computation for every image, training or test, clean or noisy).
+    pool: `avg` (global average pooling: one architecture for any image size, and every feature averages
+        over the whole image, background included) or `flatten` (the last maps flattened: features keep
+        where a stroke is).
+    Measured on MNIST-5k (README, Robustness): BatchNorm + average pooling collapses under faint Gaussian
+    noise; GroupNorm + flatten keeps its accuracy, hence the defaults in conf/model/dpn.yaml.
     """
 
     def __init__(
-        self, input_shape: Sequence[int], feature_dim: int, channels: Sequence[int] = (32, 64)
+        self,
+        input_shape: Sequence[int],
+        feature_dim: int,
+        channels: Sequence[int] = (32, 64),
+        norm: str = "group",
+        pool: str = "flatten",
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -42,20 +59,45 @@ class CNNExtractor(nn.Module):
                 f"CNNExtractor needs (channels, height, width) inputs, got input_shape={input_shape}: "
                 "use model.extractor=mlp for flat inputs"
             )
+        for name, value, allowed in (("norm", norm, CNN_NORMS), ("pool", pool, CNN_POOLS)):
+            if value not in allowed:
+                raise ValueError(
+                    f"model.extractor_kwargs.{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}"
+                )
+        if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+            raise ValueError(
+                f"model.extractor_kwargs.channels={list(channels)} must be a non-empty list of integers >= 1"
+            )
+        if norm == "group" and any(c % GROUP_NORM_GROUPS for c in channels):
+            raise ValueError(
+                f"model.extractor_kwargs.channels={list(channels)}: with norm=group every width must be a "
+                f"multiple of {GROUP_NORM_GROUPS}"
+            )
+
+        def normalise(width: int) -> nn.Module:
+            return nn.BatchNorm2d(width) if norm == "batch" else nn.GroupNorm(GROUP_NORM_GROUPS, width)
+
         blocks: list[nn.Module] = []
-        c_in = input_shape[0]
+        c_in, height, width = input_shape
         for c_out in channels:
             blocks += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
+                normalise(c_out),
                 nn.ReLU(),
                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
+                normalise(c_out),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
-            c_in = c_out
-        self.net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim))
+            c_in, height, width = c_out, height // 2, width // 2
+        if min(height, width) < 1:
+            raise ValueError(
+                f"CNNExtractor: {len(channels)} pooling stages shrink a {input_shape[1]}x{input_shape[2]} image "
+                "to nothing; use fewer model.extractor_kwargs.channels"
+            )
+        head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if pool == "avg" else [nn.Flatten()]
+        flat = c_in if pool == "avg" else c_in * height * width
+        self.net = nn.Sequential(*blocks, *head, nn.Linear(flat, feature_dim))
         self.input_shape, self.feature_dim = tuple(input_shape), feature_dim
 
     def forward(self, images: Tensor) -> Tensor:
@@ -63,6 +105,19 @@ class CNNExtractor(nn.Module):
 
 
 EXTRACTORS: dict[str, type[nn.Module]] = {"mlp": MLPExtractor, "cnn": CNNExtractor}
+
+
+def extractor_arguments(name: str, given: dict | None = None) -> dict:
+    """Every keyword argument of extractor `name`, defaults filled in under `given`: what a checkpoint
+    stores, so that changing a default later does not change what an old checkpoint rebuilds."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"extractor={name!r} is not allowed; choose one of: {', '.join(EXTRACTORS)}")
+    defaults = {
+        p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+        for p in inspect.signature(EXTRACTORS[name].__init__).parameters.values()
+        if p.default is not p.empty
+    }
+    return {**defaults, **(given or {})}
 
 
 def build_extractor(name: str, input_shape: Sequence[int], feature_dim: int, **kwargs) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -13,10 +14,24 @@ from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.errors import DivergenceError, NonFiniteRefinementError
-from dpn_lab.model.extractors import build_extractor
+from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
+from dpn_lab.model.extractors import build_extractor, extractor_arguments
 from dpn_lab.model.network import FullArchitecture
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
+
+log = logging.getLogger(__name__)
+CENTER_UPDATES = ("none", "ema")
+
+
+CONSISTENCY_VARIANCE_FLOOR = 1.0  # a collapsing extractor must not make the consistency term explode
+
+
+def consistency(refined_corrupted: Tensor, clean: Tensor) -> Tensor:
+    """mean_b |x_T(corrupted)_b - x_0(clean)_b|^2 / max(total variance of x_0(clean), floor)."""
+    variance = clean.var(0).sum().clamp_min(CONSISTENCY_VARIANCE_FLOOR)
+    return (refined_corrupted - clean).pow(2).sum(1).mean() / variance
 
 
 class DPNLitModule(L.LightningModule):
@@ -24,9 +39,17 @@ class DPNLitModule(L.LightningModule):
 
     loss = CE(logits of x_T) + step_supervision * mean_{t=1..T-1} CE(logits of x_t)
            + aux_loss_weight * CE(logits of x_0)
+           + consistency_weight * |x_T(corrupted) - stopgrad x_0(clean)|^2 / max(var x_0(clean), floor)
 
     `step_supervision` trains every refinement step directly (and the extractor through step 0 even with
     grad_mode=detach); `aux_loss_weight` keeps the unrefined features classifiable on their own.
+    `noise_pairs` ({kind, severity} of dpn_lab.data.corruption, or None) trains every batch on its clean and
+    its corrupted copy (the CE terms cover both); the consistency term asks the refinement to carry the
+    corrupted copy to the clean features. With n_steps=0 the same recipe is the matched ablation. The
+    noise comes from a generator seeded by (run seed, epoch, batch index, rank).
+    `center_update=ema` moves each center after every optimizer step toward the responsibility-weighted
+    mean of the batch's clean features, with momentum `center_momentum` (identical on all DDP ranks).
+    `init_step_limit` is what KMeansInit caps eta * lambda_max at after placing the potential.
     `**potential` takes the PotentialConfig fields (feature_dim, n_components, n_steps, ...), flat, as the
     `model.*` keys of the config give them. Hyperparameters are plain values, so checkpoints load with
     weights_only=True; the optimizer and scheduler factories (Hydra `_partial_`) are not stored in them.
@@ -42,18 +65,22 @@ class DPNLitModule(L.LightningModule):
         init_samples: int = 2000,
         step_supervision: float = 0.0,
         aux_loss_weight: float = 0.0,
+        noise_pairs: dict[str, Any] | None = None,
+        consistency_weight: float = 0.0,
+        center_update: str = "none",
+        center_momentum: float = 0.9,
+        init_step_limit: float | None = 1.0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         **potential: Any,
     ) -> None:
         super().__init__()
+        extractor_kwargs = extractor_arguments(extractor, extractor_kwargs)
         config = PotentialConfig(**potential)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams.update(asdict(config))  # every potential argument, defaults included, in checkpoints
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        backbone = build_extractor(
-            extractor, tuple(input_shape), config.feature_dim, **(extractor_kwargs or {})
-        )
+        backbone = build_extractor(extractor, tuple(input_shape), config.feature_dim, **extractor_kwargs)
         self.net = FullArchitecture(backbone, DenoisingPotential(config), n_classes)
         # micro: the fraction of correct predictions, what "accuracy" means in a results table
         self.train_acc, self.val_acc, self.test_acc = (
@@ -62,6 +89,13 @@ class DPNLitModule(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_gain, self.test_gain = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        # (component, label) counts of the training epoch, for the responsibility classifier diagnostic
+        self.register_buffer(
+            "component_counts", torch.zeros(config.n_components, n_classes), persistent=False
+        )
+        self._val_states: list[list[Tensor]] = []
+        self._val_labels: list[Tensor] = []
+        self._batch_features: Tensor | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -101,10 +135,26 @@ class DPNLitModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
+        hp, n_clean = self.hparams, len(labels)
+        if hp.noise_pairs:
+            generator = seeded_generator(
+                "noise_pairs", torch.initial_seed(), self.current_epoch, batch_idx, self.global_rank
+            )
+            noisy = corrupt(images, hp.noise_pairs["kind"], hp.noise_pairs["severity"], generator)
+            images, labels = torch.cat([images, noisy]), torch.cat([labels, labels])
         try:
-            loss, logits, _ = self._loss_and_logits(images, labels)
+            loss, logits, states = self._loss_and_logits(images, labels)
         except NonFiniteRefinementError as error:
             raise self._diverged(str(error).removeprefix("DenoisingPotential: ")) from None
+        if hp.noise_pairs and hp.consistency_weight:
+            loss = loss + hp.consistency_weight * consistency(
+                states[-1][n_clean:], states[0][:n_clean].detach()
+            )
+        self.component_counts += component_label_counts(
+            self.net.potential, states[-1].detach(), labels, self.hparams.n_classes
+        )
+        if hp.center_update == "ema":
+            self._batch_features = states[0][:n_clean].detach()
         if not torch.isfinite(loss):
             raise self._diverged(f"the loss is {loss.item()}")
         # update() rather than forward(): the per-batch accuracy would be computed and never logged
@@ -112,12 +162,33 @@ class DPNLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.component_counts.zero_()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        potential = self.net.potential
+        if self._batch_features is not None and potential.n_steps and potential.active:
+            self._track_centers(self._batch_features)
+
+    @torch.no_grad()
+    def _track_centers(self, features: Tensor) -> None:
+        """EM-style: mu_k <- m mu_k + (1 - m) sum_b r_bk x_b / sum_b r_bk, summed over every DDP rank."""
+        r = self.net.potential.responsibilities(features)
+        weighted, mass = r.T @ features, r.sum(0)
+        if self.trainer.world_size > 1:
+            weighted = self.trainer.strategy.reduce(weighted, reduce_op="sum")
+            mass = self.trainer.strategy.reduce(mass, reduce_op="sum")
+        claimed = mass > 1e-6
+        m, mu = self.hparams.center_momentum, self.net.potential.mu
+        target = weighted[claimed] / mass[claimed, None]
+        mu[claimed] = m * mu[claimed] + (1 - m) * target
+
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc, prog_bar=True)
         if self.net.potential.n_steps:
             self.log("refine/step_size", self.net.potential.step_sizes().mean().detach())
 
-    def _evaluate(self, batch, stage: str) -> None:
+    def _evaluate(self, batch, stage: str) -> list[Tensor]:
         images, labels = batch
         loss, logits, states = self._loss_and_logits(images, labels)
         acc, mean_loss, gain = (getattr(self, f"{stage}_{name}") for name in ("acc", "loss", "gain"))
@@ -127,13 +198,44 @@ class DPNLitModule(L.LightningModule):
         self.log(f"{stage}/loss", mean_loss, prog_bar=stage == "val")
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
         self.log(f"{stage}/potential_gain", gain)
+        return states
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        states = self._evaluate(batch, "val")
+        self._val_states.append([s.detach() for s in states])
+        self._val_labels.append(batch[1])
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+        if self._val_states and not self.trainer.sanity_checking:
+            self._log_diagnostics()
+        self._val_states, self._val_labels = [], []
+
+    def _log_diagnostics(self) -> None:
+        states = [torch.cat(step) for step in zip(*self._val_states, strict=True)]
+        counts = self.component_counts
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+        found = potential_diagnostics(
+            self.net.potential,
+            self.net.classifier,
+            states,
+            torch.cat(self._val_labels),
+            counts.argmax(1) if counts.sum() > 0 else None,
+        )
+        self.log_dict({f"potential/{k}": v for k, v in found.items()}, sync_dist=True)
+        gain = float(self.val_gain.compute())
+        potential = self.net.potential
+        if gain < 0 and potential.n_steps and potential.active:
+            eta = float(potential.step_sizes().max())
+            lam = float(torch.linalg.eigvalsh(potential.precision_matrices().detach()).max())
+            log.warning(
+                f"epoch {self.current_epoch}: the mean potential falls over the ascent (val/potential_gain="
+                f"{gain:.3g} < 0). Likely cause: the step overshoots the modes (eta={eta:.3g}, largest "
+                f"precision eigenvalue {lam:.3g}, eta*lambda_max={eta * lam:.3g}; stable below 2); lower "
+                "model.init_step_size, set model.init_step_limit=1 or model.bound_step_size=true"
+            )
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 from dpn_lab.model.potential import DenoisingPotential
 
 INIT_METHODS = ("kmeans", "gmm")
+REG_COVAR = 1e-4  # added to every fitted variance: a cluster of identical points keeps a finite precision
 # The sklearn covariance family fitted for each precision family; lowrank is reduced from a full fit.
 _GMM_FAMILY = {"full": "full", "diag": "diag", "spherical": "spherical", "lowrank": "full"}
 
@@ -42,11 +44,45 @@ def _check_enough(n_components: int, n_samples: int) -> None:
         )
 
 
-def kmeans_centers(data: np.ndarray, n_components: int, seed: int) -> tuple[np.ndarray, float]:
-    """k-means++ on `data` (N x D) -> (centers K x D, inertia)."""
+def kmeans_parameters(
+    data: np.ndarray, n_components: int, precision: str, rank: int, seed: int
+) -> tuple[dict[str, np.ndarray], float]:
+    """k-means++ on `data` (N x D), and a Gaussian per cluster fitted to its members.
+
+    Returns the potential's parameters in the form of `gmm_parameters` and the k-means inertia:
+    centers; precisions from each cluster's spread (diag: inverse within-cluster variance per dimension;
+    spherical: inverse mean variance; full/lowrank: inverse of the Ledoit-Wolf-shrunk cluster covariance,
+    lowrank then reduced as in the GMM fit); log-weights from the cluster sizes. REG_COVAR is added to
+    every variance, as the GMM fit does; a cluster with fewer than two members takes the variance of all
+    features.
+    """
     _check_enough(n_components, len(data))
     km = KMeans(n_clusters=n_components, init="k-means++", n_init=3, random_state=seed).fit(data)
-    return km.cluster_centers_, float(km.inertia_)
+    overall = data.var(0)
+    covariances = []
+    for k in range(n_components):
+        members = data[km.labels_ == k]
+        if precision in ("full", "lowrank"):
+            cov = LedoitWolf().fit(members).covariance_ if len(members) > 1 else np.diag(overall)
+        else:
+            cov = np.diag(members.var(0) if len(members) > 1 else overall)
+        covariances.append(cov + REG_COVAR * np.eye(data.shape[1]))
+    cov = np.stack(covariances)
+    params: dict[str, np.ndarray] = {"mu": km.cluster_centers_}
+    if precision == "diag":
+        params["precision_diag"] = 1 / np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    elif precision == "spherical":
+        params["precision_diag"] = 1 / np.sqrt(np.diagonal(cov, axis1=1, axis2=2).mean(1, keepdims=True))
+    else:
+        P = np.linalg.inv(cov)
+        chol = np.linalg.cholesky(P)  # P = chol chol^T, so A = chol^T
+        if precision == "full":
+            params["precision_factor"] = chol.transpose(0, 2, 1)
+        else:
+            params["precision_diag"], params["precision_factor"] = _lowrank_from_precision(P, rank)
+    sizes = np.bincount(km.labels_, minlength=n_components)
+    params["log_weights"] = np.log(np.maximum(sizes, 1) / len(data))
+    return params, float(km.inertia_)
 
 
 def _lowrank_from_precision(P: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +113,7 @@ def gmm_parameters(
         covariance_type=_GMM_FAMILY[precision],
         init_params="kmeans",
         random_state=seed,
-        reg_covar=1e-4,
+        reg_covar=REG_COVAR,
     ).fit(data)
     chol = gmm.precisions_cholesky_  # precision = chol @ chol^T
     params: dict[str, np.ndarray] = {"mu": gmm.means_}
@@ -102,26 +138,42 @@ def initialize_potential(
     method: str = "kmeans",
     max_samples: int = 10_000,
     seed: int = 0,
+    step_limit: float | None = None,
 ) -> InitResult:
-    """Set the potential's centers (kmeans) or centers, precisions and weights (gmm) from features (N x D)."""
+    """Set the potential's centers, precisions and weights from features (N x D), by k-means with per-cluster
+    Gaussians (`kmeans_parameters`) or a Gaussian-mixture fit (`gmm_parameters`).
+
+    With c_i = log pi_i + log|det A_i| the potential is the fitted mixture's log-density up to a constant.
+    `step_limit` then caps eta so that eta * lambda_max(P_i) <= step_limit for every component: the ascent
+    is stable for eta * lambda_max < 2, and a fit to tight clusters can have large precisions.
+    """
     if method not in INIT_METHODS:
         raise ValueError(f"init={method!r} is not allowed; choose one of: {', '.join(INIT_METHODS)}")
     data = sample_features(features, max_samples, seed)
-    K = potential.n_components
+    rank = potential.precision_factor.shape[1] if potential.precision == "lowrank" else 0
+    fit = kmeans_parameters if method == "kmeans" else gmm_parameters
+    params, score = fit(data, potential.n_components, potential.precision, rank, seed)
 
     def assign(param: torch.nn.Parameter, value: np.ndarray) -> None:
         param.copy_(torch.as_tensor(value).reshape(param.shape))
 
-    if method == "kmeans":
-        centers, score = kmeans_centers(data, K, seed)
-        assign(potential.mu, centers)
-    else:
-        rank = potential.precision_factor.shape[1] if potential.precision == "lowrank" else 0
-        params, score = gmm_parameters(data, K, potential.precision, rank, seed)
-        assign(potential.mu, params["mu"])
-        for name in ("precision_diag", "precision_factor"):
-            if name in params:
-                assign(getattr(potential, name), params[name])
-        half_logdet = 0.5 * torch.linalg.slogdet(potential.precision_matrices().double()).logabsdet
-        assign(potential.c, params["log_weights"] + half_logdet.cpu().numpy())
+    assign(potential.mu, params["mu"])
+    for name in ("precision_diag", "precision_factor"):
+        if name in params:
+            assign(getattr(potential, name), params[name])
+    half_logdet = 0.5 * torch.linalg.slogdet(potential.precision_matrices().double()).logabsdet
+    assign(potential.c, params["log_weights"] + half_logdet.cpu().numpy())
+    if step_limit is not None and potential.n_steps:
+        cap_step_size(potential, step_limit)
     return InitResult(method, len(data), score)
+
+
+@torch.no_grad()
+def cap_step_size(potential: DenoisingPotential, limit: float) -> None:
+    """Lower every eta_t so that eta_t * lambda_max <= limit, lambda_max the largest eigenvalue of any P_i."""
+    lam = float(torch.linalg.eigvalsh(potential.precision_matrices().double()).max())
+    eta = float(potential.step_sizes().max())
+    if eta * lam > limit:
+        potential.set_step_size(
+            float(torch.nn.functional.softplus(potential.step_size_raw).max()) * limit / (eta * lam)
+        )

@@ -26,6 +26,8 @@ cancels badly in float32. The factor part runs as two GEMMs per step and never b
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -280,11 +282,23 @@ class DenoisingPotential(nn.Module):
         return bound.amax()
 
     def step_sizes(self) -> Tensor:
-        """eta_t for t = 0..T-1 (T), as used by the ascent (after bounding, if enabled)."""
-        eta = F.softplus(self.step_size_raw).expand(self.n_steps) if self.n_steps else self.step_size_raw[:0]
+        """eta_t for t = 0..T-1 (T), as used by the ascent (after bounding, if enabled). Steps beyond the
+        trained per-step sizes (a larger T at test time) reuse the last one."""
+        eta = F.softplus(self.step_size_raw)
+        eta = eta[torch.arange(self.n_steps, device=eta.device).clamp_max(len(eta) - 1)] if len(eta) else eta
         if self.bound_step_size:
             eta = eta / self.precision_eigenvalue_bound()
         return eta
+
+    @contextmanager
+    def using_steps(self, n_steps: int) -> Iterator[None]:
+        """Run the ascent with another number of steps inside the block (evaluation at other T)."""
+        trained = self.n_steps
+        self.n_steps = n_steps
+        try:
+            yield
+        finally:
+            self.n_steps = trained
 
     def set_step_size(self, value: float) -> None:
         """Set every eta_t to `value` (before any bounding)."""

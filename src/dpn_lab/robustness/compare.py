@@ -72,17 +72,17 @@ def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(key)
         datamodule = build_data_module(meta["data"], f"{meta['path']}: data")
         datamodule.setup()
-        digest = index_digest(datamodule.split_indices["test"])
+        digest = index_digest(datamodule.split_indices[meta.get("split", "test")])
         if digest != meta["test_index_digest"]:
             raise RuntimeError(
                 f"the rebuilt test split differs from the job's ({digest} != {meta['test_index_digest']})"
             )
-        train, test = datamodule.splits["train"], datamodule.splits["test"]
+        train, test = datamodule.splits["train"], datamodule.splits[meta.get("split", "test")]
         for name, make in BASELINES.items():
             model = make().fit(train.inputs.flatten(1).numpy(), train.labels.numpy())
 
-            def predict(inputs: torch.Tensor, model=model) -> tuple[torch.Tensor, float, float]:
-                return torch.as_tensor(model.predict(inputs.flatten(1).numpy())), float("nan"), float("nan")
+            def predict(inputs: torch.Tensor, model=model) -> dict[str, torch.Tensor]:
+                return {"predicted": torch.as_tensor(model.predict(inputs.flatten(1).numpy()))}
 
             found = robustness_rows(predict, test.inputs, test.labels, meta["levels"], meta["eval_seed"])
             rows += [{**row, "model": name, "test_set": digest} for row in found]

@@ -15,10 +15,24 @@ from torch import Tensor
 
 from dpn_lab.data.corruption import corrupt
 from dpn_lab.model.network import FullArchitecture
-from dpn_lab.viz.plots import accuracy_plot, save_figure
+from dpn_lab.viz.plots import accuracy_plot, save_figure, steps_plot, uncertainty_plot
 
 log = logging.getLogger(__name__)
-COLUMNS = ("corruption", "severity", "accuracy", "mean_potential", "mean_displacement", "n")
+EVAL_SPLITS = ("test", "val")
+COLUMNS = (
+    "corruption",
+    "severity",
+    "accuracy",
+    "mean_potential",
+    "mean_displacement",
+    "auroc_potential",
+    "auroc_msp",
+    "acc90_potential",
+    "acc90_msp",
+    "n",
+)
+STEPS_COLUMNS = ("test_steps", "corruption", "severity", "accuracy")
+COVERAGE = 0.9
 
 
 def index_digest(indices: Tensor) -> str:
@@ -35,45 +49,96 @@ def corrupted(inputs: Tensor, kind: str, severity: float, seed: int) -> Tensor:
 
 
 @torch.no_grad()
-def dpn_predictions(
-    net: FullArchitecture, inputs: Tensor, batch_size: int = 512
-) -> tuple[Tensor, float, float]:
-    """(predicted labels, mean phi(x_T), mean ||x_T - x_0||) of a DPN on inputs."""
+def dpn_outputs(net: FullArchitecture, inputs: Tensor, batch_size: int = 512) -> dict[str, Tensor]:
+    """Per input: the predicted label, phi(x_0), phi(x_T), |x_T - x_0| and the maximum softmax probability."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    predictions, potentials, displacements = [], [], []
+    parts: dict[str, list[Tensor]] = {
+        key: [] for key in ("predicted", "phi_x0", "phi_xT", "displacement", "msp")
+    }
     for chunk in inputs.split(batch_size):
         states = net.states(chunk.to(device))
-        predictions.append(net.classifier(states[-1]).argmax(1).cpu())
-        potentials.append(net.potential.compute_potential(states[-1]).cpu())
-        displacements.append((states[-1] - states[0]).norm(dim=1).cpu())
+        probabilities = net.classifier(states[-1]).softmax(1)
+        parts["predicted"].append(probabilities.argmax(1))
+        parts["msp"].append(probabilities.max(1).values)
+        parts["phi_x0"].append(net.potential.compute_potential(states[0]))
+        parts["phi_xT"].append(net.potential.compute_potential(states[-1]))
+        parts["displacement"].append((states[-1] - states[0]).norm(dim=1))
     net.train(was_training)
-    return torch.cat(predictions), float(torch.cat(potentials).mean()), float(torch.cat(displacements).mean())
+    return {key: torch.cat(values).cpu() for key, values in parts.items()}
+
+
+def auroc(clean_scores: Tensor, corrupted_scores: Tensor) -> float:
+    """Area under the ROC curve for telling corrupted (higher score) from clean inputs: the probability that
+    a random corrupted input scores above a random clean one (ties count half)."""
+    a, b = corrupted_scores.double()[:, None], clean_scores.double()[None, :]
+    return float(((a > b).double() + 0.5 * (a == b).double()).mean())
+
+
+def accuracy_at_coverage(correct: Tensor, confidence: Tensor, coverage: float = COVERAGE) -> float:
+    """Accuracy on the `coverage` share of inputs with the highest confidence (the rest are rejected)."""
+    keep = max(1, round(coverage * len(correct)))
+    return float(correct[confidence.argsort(descending=True)[:keep]].float().mean())
 
 
 def robustness_rows(
-    predict: Callable[[Tensor], tuple[Tensor, float, float]],
+    predict: Callable[[Tensor], dict[str, Tensor]],
     inputs: Tensor,
     labels: Tensor,
     levels: Mapping[str, Sequence[float]],
     seed: int,
 ) -> list[dict[str, float | str]]:
-    """Evaluate `predict(inputs) -> (labels, mean potential, mean displacement)` on every corruption level."""
+    """One row (COLUMNS) per corruption level; `predict(inputs)` gives "predicted" and, for a DPN, the
+    other per-input outputs of `dpn_outputs` (missing ones give NaN columns).
+
+    The potential as an uncertainty score: auroc_potential is the AUROC of -phi(x_0) for telling the
+    corrupted test inputs from the clean ones (NaN at severity 0), auroc_msp the same for the maximum
+    softmax probability; acc90_* is the accuracy when the 10% least likely inputs (lowest phi(x_0), lowest
+    MSP) are rejected.
+    """
+    nan = float("nan")
+    clean = predict(inputs)
     rows = []
     for kind, severities in levels.items():
         for severity in severities:
-            predicted, potential, displacement = predict(corrupted(inputs, kind, severity, seed))
-            accuracy = float((predicted == labels).float().mean())
-            rows.append(
-                dict(
-                    zip(
-                        COLUMNS,
-                        (kind, float(severity), accuracy, potential, displacement, len(labels)),
-                        strict=True,
-                    )
+            out = predict(corrupted(inputs, kind, severity, seed)) if severity else clean
+            correct = out["predicted"] == labels
+            row = {
+                "corruption": kind,
+                "severity": float(severity),
+                "accuracy": float(correct.float().mean()),
+                "n": len(labels),
+            }
+            has = {key: key in out for key in ("phi_x0", "msp")}
+            row["mean_potential"] = float(out["phi_xT"].mean()) if "phi_xT" in out else nan
+            row["mean_displacement"] = float(out["displacement"].mean()) if "displacement" in out else nan
+            for name, key in (("potential", "phi_x0"), ("msp", "msp")):
+                separable = has[key] and severity
+                row[f"auroc_{name}"] = auroc(-clean[key], -out[key]) if separable else nan
+                row[f"acc90_{name}"] = accuracy_at_coverage(correct, out[key]) if has[key] else nan
+            rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def steps_rows(
+    net: FullArchitecture,
+    inputs: Tensor,
+    labels: Tensor,
+    levels: Mapping[str, Sequence[float]],
+    seed: int,
+    test_steps: Sequence[int],
+) -> list[dict[str, float | str]]:
+    """Accuracy of one trained network evaluated with other numbers of refinement steps T (eval.test_steps),
+    on every corruption level: {test_steps, corruption, severity, accuracy}."""
+    rows = []
+    for steps in test_steps:
+        with net.potential.using_steps(steps):
+            for row in robustness_rows(lambda x: dpn_outputs(net, x), inputs, labels, levels, seed):
+                rows.append(
+                    {"test_steps": steps, **{k: row[k] for k in ("corruption", "severity", "accuracy")}}
                 )
-            )
     return rows
 
 
@@ -86,7 +151,9 @@ def write_rows(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) -
 
 def markdown_table(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
     def cell(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return "–" if value != value else f"{value:.4f}"  # NaN: not defined for this row
+        return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
@@ -94,34 +161,50 @@ def markdown_table(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
 
 
 def write_robustness(rows: list[dict], directory: Path) -> dict[str, Path]:
-    """robustness.csv, robustness.md and robustness.png in directory."""
+    """robustness.csv/.md/.png (accuracy) and uncertainty.png (AUROC of the potential and of the MSP)."""
     paths = {kind: directory / f"robustness.{kind}" for kind in ("csv", "md", "png")}
     write_rows(rows, paths["csv"])
     paths["md"].write_text(markdown_table(rows))
-    figure = accuracy_plot({"this model": rows}, "Accuracy under corruption")
-    save_figure(figure, paths["png"])
+    save_figure(accuracy_plot({"this model": rows}, "Accuracy under corruption"), paths["png"])
+    paths["uncertainty"] = save_figure(uncertainty_plot(rows), directory / "uncertainty.png")
+    return paths
+
+
+def write_steps(rows: list[dict], directory: Path) -> dict[str, Path]:
+    """test_steps.csv/.md/.png: accuracy against the number of refinement steps used at test time."""
+    paths = {kind: directory / f"test_steps.{kind}" for kind in ("csv", "md", "png")}
+    write_rows(rows, paths["csv"], STEPS_COLUMNS)
+    paths["md"].write_text(markdown_table(rows, STEPS_COLUMNS))
+    save_figure(steps_plot(rows), paths["png"])
     return paths
 
 
 def evaluate_and_report(
     net: FullArchitecture, datamodule, eval_cfg, directory: Path, loggers: Sequence = ()
 ) -> list[dict]:
-    """Rows for every corruption in eval_cfg (corruptions, levels, seed) on the datamodule's test split.
+    """Rows for every corruption in eval_cfg (corruptions, levels, seed) on the datamodule's `eval.split`
+    (test by default; val to choose settings without looking at the test set).
 
     Writes robustness.csv/.md/.png and robustness.json (rows, levels, the data config and a digest of the
     test indices, which the sweep comparison uses to fit baselines on the same split), and for a W&B
     logger the table robustness/table and the image robustness/accuracy_vs_severity.
     """
     levels = {kind: [float(v) for v in eval_cfg.levels[kind]] for kind in eval_cfg.corruptions}
-    test = datamodule.splits["test"]
-    rows = robustness_rows(lambda x: dpn_predictions(net, x), test.inputs, test.labels, levels, eval_cfg.seed)
+    split = eval_cfg.get("split", "test")
+    test = datamodule.splits[split]
+    rows = robustness_rows(lambda x: dpn_outputs(net, x), test.inputs, test.labels, levels, eval_cfg.seed)
     paths = write_robustness(rows, directory)
+    if eval_cfg.get("test_steps"):
+        steps = steps_rows(net, test.inputs, test.labels, levels, eval_cfg.seed, eval_cfg.test_steps)
+        paths.update({f"steps_{k}": v for k, v in write_steps(steps, directory).items()})
+        print(f"\naccuracy against test-time steps ({split} set)\n" + markdown_table(steps, STEPS_COLUMNS))
     meta = {
         "rows": rows,
         "levels": levels,
         "eval_seed": int(eval_cfg.seed),
         "data": datamodule.state_dict(),
-        "test_index_digest": index_digest(datamodule.split_indices["test"]),
+        "split": split,
+        "test_index_digest": index_digest(datamodule.split_indices[split]),
     }
     (directory / "robustness.json").write_text(json.dumps(meta, indent=1))
     for logger in loggers:
@@ -130,6 +213,7 @@ def evaluate_and_report(
                 key="robustness/table", columns=list(COLUMNS), data=[[r[c] for c in COLUMNS] for r in rows]
             )
             logger.log_image(key="robustness/accuracy_vs_severity", images=[str(paths["png"])])
+            logger.log_image(key="robustness/uncertainty_auroc", images=[str(paths["uncertainty"])])
     return rows
 
 
@@ -141,5 +225,5 @@ def report_robustness(
     if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
         datamodule.setup("test")
     rows = evaluate_and_report(model.net, datamodule, eval_cfg, output_dir, loggers)
-    print("\naccuracy under corruption (test set)\n" + markdown_table(rows))
+    print(f"\naccuracy under corruption ({eval_cfg.get('split', 'test')} set)\n" + markdown_table(rows))
     return {f"robust/{row['corruption']}@{row['severity']:g}": row["accuracy"] for row in rows}

@@ -250,3 +250,51 @@ def accuracy_plot(curves: Mapping[str, list[dict]], title: str) -> Figure:
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.suptitle(title)
     return fig
+
+
+def _per_corruption_axes(kinds: list[str], ylabel: str):
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False, layout="constrained"
+    )
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        ax.set_title(kind)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    return fig, axes[0]
+
+
+def uncertainty_plot(rows: list[dict]) -> Figure:
+    """AUROC of -phi(x_0) and of -MSP for telling corrupted from clean inputs, against severity."""
+    kinds = list(dict.fromkeys(row["corruption"] for row in rows))
+    fig, axes = _per_corruption_axes(kinds, "AUROC (corrupted vs clean)")
+    for ax, kind in zip(axes, kinds, strict=True):
+        mine = [r for r in rows if r["corruption"] == kind and r["severity"] > 0]
+        for key, label in (("auroc_potential", "-phi(x_0)"), ("auroc_msp", "-max softmax")):
+            ax.plot([r["severity"] for r in mine], [r[key] for r in mine], marker="o", label=label)
+        ax.axhline(0.5, color="gray", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(CORRUPTIONS[kind].unit)
+        ax.set_ylim(0, 1.02)
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("The potential as an uncertainty score (0.5 = chance)")
+    return fig
+
+
+def steps_plot(rows: list[dict]) -> Figure:
+    """Accuracy against the number of refinement steps used at test time, one line per severity."""
+    kinds = list(dict.fromkeys(row["corruption"] for row in rows))
+    fig, axes = _per_corruption_axes(kinds, "accuracy")
+    for ax, kind in zip(axes, kinds, strict=True):
+        mine = [r for r in rows if r["corruption"] == kind]
+        for severity in dict.fromkeys(r["severity"] for r in mine):
+            line = [r for r in mine if r["severity"] == severity]
+            ax.plot(
+                [r["test_steps"] for r in line],
+                [r["accuracy"] for r in line],
+                marker="o",
+                label=f"{severity:g}",
+            )
+        ax.set_xlabel("refinement steps T at test time")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8, title=CORRUPTIONS[kind].unit, loc="lower left")
+    fig.suptitle("Accuracy against test-time refinement steps")
+    return fig
