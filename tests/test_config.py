@@ -102,7 +102,10 @@ BAD_VALUES = [
         "eval.test_steps=[0,-1]",
         "eval.test_steps=[0, -1] is not allowed: use null or a non-empty list of integers >= 0",
     ),
-    ("robustness@eval=default eval.levels.blur=[1000]", "eval.levels.blur.0=1000 is out of range: must be a number >= 0 and <= 10"),
+    (
+        "robustness@eval=default eval.levels.blur=[1000]",
+        "eval.levels.blur.0=1000 is out of range: must be a number >= 0 and <= 10",
+    ),
     ("model.init=random", "model.init='random' is not allowed; choose one of: kmeans, gmm"),
     ("model.n_components=0", "model.n_components=0 is out of range: must be an integer >= 1"),
     ("model.n_components=abc", "model.n_components='abc' has the wrong type: must be an integer >= 1"),
@@ -196,5 +199,8 @@ def test_potential_arguments_are_written_once_and_agree_everywhere():
     model_keys = {key.removeprefix("model.").split(".")[0] for key in MODEL_RULES}
     assert model_keys <= set(potential_fields) | set(lit)
     # noise_pairs is checked as a corruption spec, like data.train_corruption
-    assert set(yaml_model) - {"_target_", "optimizer", "scheduler", "extractor_kwargs", "noise_pairs"} <= model_keys
+    assert (
+        set(yaml_model) - {"_target_", "optimizer", "scheduler", "extractor_kwargs", "noise_pairs"}
+        <= model_keys
+    )
     assert list(inspect.signature(DenoisingPotential.__init__).parameters) == ["self", "config"]

@@ -12,6 +12,7 @@ from dpn_lab.data import (
     MNIST5kDataModule,
     MNISTDataModule,
 )
+from dpn_lab.data.corruption import seeded_generator
 from dpn_lab.errors import DataError
 
 
@@ -114,3 +115,38 @@ def test_test_corruption_is_fixed_and_clipped():
     noisy, clean = dm.splits["test"].inputs, dm_clean.splits["test"].inputs
     assert noisy.min() >= 0 and noisy.max() <= 1 and not torch.equal(noisy, clean)
     assert torch.equal(dm.splits["train"].inputs, dm_clean.splits["train"].inputs)
+
+
+class _Trainer:  # the attributes on_after_batch_transfer reads
+    training, current_epoch, world_size = True, 0, 1
+
+    def __init__(self, rank: int = 0) -> None:
+        self.global_rank = rank
+
+
+def test_training_corruption_is_seeded_by_seed_epoch_batch_and_rank():
+    def noisy_batches(seed: int, rank: int = 0, epochs=(0, 0, 1)) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        dm = DigitsDataModule(train_corruption={"kind": "gaussian", "severity": 0.2})
+        dm.trainer = _Trainer(rank)
+        batch = (torch.full((4, 1, 8, 8), 0.5), torch.zeros(4, dtype=torch.long))
+        out = []
+        for epoch in epochs:
+            dm.trainer.current_epoch = epoch
+            torch.randn(100)  # the global generator moves on: the noise must not depend on it
+            out.append(dm.on_after_batch_transfer(batch, 0)[0])
+        return out
+
+    first, second, next_epoch = noisy_batches(seed=0)
+    again = noisy_batches(seed=0)
+    assert all(torch.equal(a, b) for a, b in zip([first, second, next_epoch], again, strict=True))
+    assert not torch.equal(first, second)  # batch 0 and batch 1 of an epoch
+    assert not torch.equal(first, next_epoch)  # batch 0 of epoch 0 and of epoch 1
+    assert not torch.equal(first, noisy_batches(seed=0, rank=1)[0])  # DDP ranks draw differently
+    assert not torch.equal(first, noisy_batches(seed=1)[0])
+    assert torch.equal(
+        first,
+        (
+            0.5 + 0.2 * torch.randn(4, 1, 8, 8, generator=seeded_generator("train_corruption", 0, 0, 0, 0))
+        ).clamp(0, 1),
+    )

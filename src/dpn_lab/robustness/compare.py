@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +34,15 @@ BASELINES = {
     "logistic regression": lambda: LogisticRegression(max_iter=3000, C=1.0),
     "RBF SVC": lambda: SVC(kernel="rbf", C=10.0, gamma="scale"),
 }
-COMPARISON_COLUMNS = ("model", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds", "test_sets")
+METRICS = ("accuracy", "auroc_potential", "auroc_msp", "acc90_potential", "acc90_msp")
+COMPARISON_COLUMNS = (
+    "model",
+    "corruption",
+    "severity",
+    *(column for metric in METRICS for column in (metric, f"{metric}_std")),
+    "n_seeds",
+    "test_sets",
+)
 
 
 def model_label(own_overrides: list[str]) -> str:
@@ -90,24 +100,20 @@ def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample std of accuracy over seeds per (model, corruption, severity), in first-seen order."""
+    """Mean and sample std over seeds of every METRICS column per (model, corruption, severity), in
+    first-seen order (NaN where a model does not define the metric)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["model"], row["corruption"], row["severity"])].append(row)
     out = []
     for (model, kind, severity), members in groups.items():
-        accuracies = [m["accuracy"] for m in members]
-        out.append(
-            {
-                "model": model,
-                "corruption": kind,
-                "severity": severity,
-                "accuracy": statistics.fmean(accuracies),
-                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                "n_seeds": len(accuracies),
-                "test_sets": " ".join(sorted({m["test_set"] for m in members})),
-            }
-        )
+        row = {"model": model, "corruption": kind, "severity": severity, "n_seeds": len(members)}
+        for metric in METRICS:
+            values = [float(m.get(metric, math.nan)) for m in members]
+            row[metric] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["test_sets"] = " ".join(sorted({m["test_set"] for m in members}))
+        out.append(row)
     return out
 
 
@@ -130,6 +136,64 @@ def pivot_markdown(summary: list[dict[str, Any]]) -> str:
     )
 
 
+def ablation_of(label: str) -> str | None:
+    """The label of a DPN's matched ablation: the same overrides with model.n_steps=0 (None for an
+    ablation or a model without an n_steps override)."""
+    match = re.search(r"model\.n_steps=(\d+)", label)
+    if not match or match.group(1) == "0":
+        return None
+    return model_label(label.replace(match.group(0), "model.n_steps=0").split())
+
+
+def against_ablation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each DPN and level: DPN minus its matched ablation for accuracy and the uncertainty metrics, and
+    whether the difference exceeds 2x the larger of the two standard deviations (`significant`)."""
+    cells = {(r["model"], r["corruption"], r["severity"]): r for r in summary}
+    out = []
+    for r in summary:
+        ablation = ablation_of(r["model"])
+        base = cells.get((ablation, r["corruption"], r["severity"])) if ablation else None
+        if base is None:
+            continue
+        row = {"model": r["model"], "corruption": r["corruption"], "severity": r["severity"]}
+        for metric in ("accuracy", "auroc_potential", "acc90_potential"):
+            difference = r[metric] - base[metric]
+            row[f"{metric}_diff"] = difference
+            row[f"{metric}_significant"] = abs(difference) > 2 * max(
+                r[f"{metric}_std"], base[f"{metric}_std"]
+            )
+        out.append(row)
+    return out
+
+
+def ablation_markdown(differences: list[dict[str, Any]]) -> str:
+    """DPN minus ablation per level; * marks a difference larger than 2 std (the larger of the two)."""
+
+    def cell(row: dict, metric: str) -> str:
+        value = row[f"{metric}_diff"]
+        if value != value:
+            return "–"
+        return f"{value:+.3f}" + ("*" if row[f"{metric}_significant"] else "")
+
+    lines = [
+        "| model | corruption | severity | accuracy | AUROC of -phi(x_0) | accuracy at 90% coverage (phi) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['corruption']} | {r['severity']:g} | {cell(r, 'accuracy')} | "
+        f"{cell(r, 'auroc_potential')} | {cell(r, 'acc90_potential')} |"
+        for r in differences
+    ]
+    marked = sum(
+        r[f"{m}_significant"] for r in differences for m in ("accuracy", "auroc_potential", "acc90_potential")
+    )
+    return (
+        "\n".join(lines)
+        + f"\n\nDPN minus its matched ablation (model.n_steps=0), mean over seeds; * = |difference| > 2 std "
+        f"(the larger of the two). {marked} marked difference(s).\n"
+    )
+
+
 def compare_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """Write comparison.csv, comparison.md and comparison.png into the sweep directory."""
     rows, jobs = job_rows(sweep_dir)
@@ -138,7 +202,13 @@ def compare_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         return []
     summary = aggregate(rows + baseline_rows(jobs))
     write_rows(summary, sweep_dir / "comparison.csv", COMPARISON_COLUMNS)
-    (sweep_dir / "comparison.md").write_text(pivot_markdown(summary))
+    differences = against_ablation(summary)
+    write_rows(
+        differences, sweep_dir / "comparison_vs_ablation.csv", list(differences[0]) if differences else []
+    )
+    (sweep_dir / "comparison.md").write_text(
+        pivot_markdown(summary) + ("\n" + ablation_markdown(differences) if differences else "")
+    )
     curves = defaultdict(list)
     for row in summary:
         curves[row["model"]].append(row)
