@@ -69,7 +69,7 @@ class DPNLitModule(L.LightningModule):
         consistency_weight: float = 0.0,
         center_update: str = "none",
         center_momentum: float = 0.9,
-        init_step_limit: float | None = 1.0,
+        init_step_limit: float | None = 0.25,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         **potential: Any,
