@@ -17,6 +17,7 @@ from dpn_lab.checkpoints import (
 )
 from dpn_lab.data import DigitsDataModule
 from dpn_lab.errors import ConfigError
+from dpn_lab.model.lit_module import DPNLitModule
 
 
 def test_every_hostile_placement_is_refused_when_read(place):
@@ -80,3 +81,14 @@ def test_unreadable_and_unsafe_checkpoints_are_one_line_errors(tmp_path):
         match="unsafe.ckpt: not a loadable dpn_lab checkpoint .it holds objects other than plain data",
     ):
         read_checkpoint(str(unsafe))
+
+
+def test_a_cnn_checkpoint_from_before_norm_and_pool_rebuilds_its_batchnorm_average_pool_network(tmp_path):
+    torch.manual_seed(0)
+    old = DPNLitModule([1, 8, 8], 10, extractor_kwargs={"norm": "batch", "pool": "avg"})
+    hyperparameters = {**dict(old.hparams), "extractor_kwargs": {}}  # what such checkpoints stored
+    path = tmp_path / "old_cnn.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hyperparameters}, path)
+    model = model_from_checkpoint(read_checkpoint(str(path)), str(path))
+    images = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(model.eval()(images), old.eval()(images))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.errors import ConfigError
-from dpn_lab.model.extractors import CNN_NORMS, CNN_POOLS, EXTRACTORS
+from dpn_lab.model.extractors import CNN_NORMS, CNN_POOLS, EXTRACTORS, extractor_arguments
 from dpn_lab.model.lit_module import CENTER_UPDATES
 from dpn_lab.model.mixture_init import INIT_METHODS
 from dpn_lab.model.potential import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_SIZES
@@ -176,12 +175,7 @@ def _check_extractor_kwargs(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.extractor_kwargs={kwargs!r} is not allowed: use a mapping, e.g. {{norm: batch}}"
         )
-    extractor = EXTRACTORS[cfg.model.extractor]
-    accepted = [
-        p
-        for p in inspect.signature(extractor.__init__).parameters
-        if p not in ("self", "input_shape", "feature_dim")
-    ]
+    accepted = list(extractor_arguments(cfg.model.extractor))
     for key in kwargs:
         if key not in accepted:
             raise ConfigError(

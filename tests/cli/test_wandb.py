@@ -45,6 +45,10 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
     run_result = json.loads((offline.parents[1] / "result.json").read_text())["metrics"]
     for metric in ("test/acc", "test/loss", "val/acc_best", "train/loss", "init/inertia"):
         assert metric in values
+    # the potential's diagnostics, every validation epoch (two epochs, T=5: acc_step_0..5)
+    diagnostics = {key for key in values if key.startswith("potential/")}
+    assert {"potential/center_spread_ratio", "potential/affine_r2", "potential/acc_step_5"} <= diagnostics
+    assert values["robustness/uncertainty_auroc"]["_type"] == "images/separated"
     # the robustness pass after testing: a W&B table and its plot
     assert values["robustness/table"]["_type"] == "table-file"
     assert values["robustness/accuracy_vs_severity"]["_type"] == "images/separated"

@@ -110,8 +110,11 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"model": model, "corruption": kind, "severity": severity, "n_seeds": len(members)}
         for metric in METRICS:
             values = [float(m.get(metric, math.nan)) for m in members]
-            row[metric] = statistics.fmean(values)
-            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            defined = not any(math.isnan(v) for v in values)  # statistics' exact arithmetic rejects NaN
+            row[metric] = statistics.fmean(values) if defined else math.nan
+            row[f"{metric}_std"] = (
+                (statistics.stdev(values) if len(values) > 1 else 0.0) if defined else math.nan
+            )
         row["test_sets"] = " ".join(sorted({m["test_set"] for m in members}))
         out.append(row)
     return out
