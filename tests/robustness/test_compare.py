@@ -13,6 +13,7 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
     result = run_cli(
         "dpn_lab.train",
         "experiment=robustness_digits",
+        "recipe=robust_extractor",  # one recipe of the four
         "seed=0,1",
         "trainer.max_epochs=1",
         "eval.corruptions=[gaussian]",
@@ -40,3 +41,18 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
         assert meta["test_index_digest"] == index_digest(dm.split_indices["test"])
     table = (sweep / "comparison.md").read_text()
     assert "| gaussian | 0.4 |" in table and "± " in table
+    # DPN minus its matched ablation, marked where it exceeds 2 std
+    cell = {(r["model"], r["severity"]): r for r in rows}
+    with open(sweep / "comparison_vs_ablation.csv") as f:
+        differences = list(csv.DictReader(f))
+    assert {d["model"] for d in differences} == {"model.n_steps=5"} and len(differences) == 5
+    for d in differences:
+        dpn, ablation = (
+            cell[("model.n_steps=5", d["severity"])],
+            cell[("model.n_steps=0 (no refinement)", d["severity"])],
+        )
+        difference = float(dpn["accuracy"]) - float(ablation["accuracy"])
+        assert float(d["accuracy_diff"]) == pytest.approx(difference)
+        spread = 2 * max(float(dpn["accuracy_std"]), float(ablation["accuracy_std"]))
+        assert d["accuracy_significant"] == str(abs(difference) > spread)
+    assert "DPN minus its matched ablation" in table

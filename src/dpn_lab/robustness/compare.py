@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from dpn_lab.data.registry import build_data_module
+from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.evaluate import index_digest, robustness_rows, write_rows
 from dpn_lab.runs.result import read_result
 from dpn_lab.runs.sweep_summary import split_overrides
@@ -225,4 +226,7 @@ class RobustnessComparison(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            compare_sweep(sweep_dir)
+            try:
+                compare_sweep(sweep_dir)
+            except ConfigError as error:  # e.g. a robustness.json that names foreign data: refused, said once
+                log.error(f"error: no comparison for {sweep_dir}: {' '.join(str(error).split())}")
