@@ -159,7 +159,7 @@ class PotentialConfig:
         rank: rank r of the low-rank term (`lowrank` only).
         step_size: `shared` (one eta) or `per_step` (eta_t for each step); eta = softplus(raw) > 0.
         init_step_size: eta at construction.
-        init_precision: every P_i starts as init_precision * I.
+        init_precision: every P_i starts as init_precision * I (until KMeansInit fits them to features).
         gradient_impl: `closed_form` (two GEMMs) or `autograd` (torch.autograd.grad, the reference).
         grad_mode: how the loss back-propagates through the steps.
             `unrolled` keeps the whole graph: every step trains mu, A, c and eta, and dL/dx_0 reaches the
