@@ -18,7 +18,7 @@ import time
 import pytorch_lightning as L
 import torch
 
-from dpn_lab.data import DigitsDataModule
+from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.model.lit_module import DPNLitModule
 
 

@@ -15,7 +15,7 @@ from dpn_lab.checkpoints import (
     model_from_checkpoint,
     read_checkpoint,
 )
-from dpn_lab.data import DigitsDataModule
+from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.lit_module import DPNLitModule
 

@@ -33,8 +33,10 @@ def test_every_experiment_composes_and_instantiates(make_cfg, experiment):
         cfg.model, input_shape=list(datamodule.input_shape), n_classes=datamodule.n_classes, _convert_="all"
     )
     assert model.net.potential.n_components == cfg.model.n_components
-    callbacks = instantiate_group(cfg.callbacks)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger) or False)
+    callbacks = instantiate_group(cfg.callbacks, "callbacks")
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger, "logger") or False
+    )
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
@@ -152,7 +154,7 @@ BAD_VALUES = [
     ),
     (
         "trainer.accelerator=fpga",
-        "trainer.accelerator='fpga' is not allowed; choose one of: auto, cpu, gpu, cuda, mps, tpu",
+        "trainer.accelerator='fpga' is not allowed; choose one of: auto, cpu, gpu, cuda",
     ),
     ("trainer.precision=8-bit", "trainer.precision='8-bit' is not allowed; choose one of: 32-true"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is out of range: must be an integer >= 1"),

@@ -1,6 +1,21 @@
-"""python -m dpn_lab.analyze ckpt_path=PATH: every figure of a trained checkpoint and a markdown summary."""
+"""python -m dpn_lab.analyze ckpt_path=PATH [key=value ...]: every figure of a trained checkpoint (centers,
+refinement trajectories, covariances, responsibilities, training curves) and summary.md (parameters, step
+sizes, test accuracy, the potential's diagnostics, each component's weight); writes outputs/analyze/runs/<run>/.
+
+Key options:
+  ckpt_path=PATH (required)   n_samples=1000 (training images drawn)   n_paths=60 (trajectories drawn)
+  data=... (analyze on other data than the checkpoint's)
+
+Example:
+  python -m dpn_lab.analyze ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt n_paths=20
+"""
 
 from __future__ import annotations
+
+from dpn_lab.runs.preflight import preflight
+
+if __name__ == "__main__":
+    preflight("analyze", __doc__)  # before the imports below, which take seconds: a mistake is one line now
 
 import logging
 from pathlib import Path
@@ -16,7 +31,7 @@ from dpn_lab.config import validate_config
 from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.runs.resolvers import register_resolvers
-from dpn_lab.runs.task import command_line, exit_on_user_error, run_task
+from dpn_lab.runs.task import command_line, run_task
 from dpn_lab.viz.report import write_figures
 
 log = logging.getLogger("dpn_lab.analyze")
@@ -97,7 +112,7 @@ def summary_markdown(
 
 def analyze(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]:
     """load checkpoint -> data -> model -> figures + summary.md. Returns ({test/acc}, None)."""
-    validate_config(cfg, for_eval=True)
+    validate_config(cfg, "analyze")
     checkpoint = read_checkpoint(cfg.ckpt_path)
     datamodule = data_module_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.get("data"))
     datamodule.setup()
@@ -127,11 +142,11 @@ def analyze(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def hydra_main(cfg: DictConfig) -> None:
-    exit_on_user_error(lambda: run_task(cfg, lambda output_dir, _: analyze(cfg, output_dir)))
+    run_task(cfg, lambda output_dir, _: analyze(cfg, output_dir))
 
 
 def main() -> None:
-    command_line("analyze", hydra_main)
+    command_line("analyze", __doc__, hydra_main)
 
 
 if __name__ == "__main__":

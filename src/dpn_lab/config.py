@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.errors import ConfigError
-from dpn_lab.model.extractors import CNN_NORMS, CNN_POOLS, EXTRACTORS, extractor_arguments
-from dpn_lab.model.lit_module import CENTER_UPDATES
-from dpn_lab.model.mixture_init import INIT_METHODS
-from dpn_lab.model.potential import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_SIZES
-from dpn_lab.robustness.evaluate import EVAL_SPLITS
+from dpn_lab.model.options import (
+    CENTER_UPDATES,
+    CNN_NORMS,
+    CNN_POOLS,
+    EXTRACTOR_NAMES,
+    GRAD_MODES,
+    GRADIENT_IMPLS,
+    INIT_METHODS,
+    PRECISIONS,
+    STEP_SIZES,
+)
+
+EVAL_SPLITS = ("test", "val")
+CONF_DIR = Path(str(files("dpn_lab.conf")))
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,7 @@ class Choice:
     def check(self, value: Any) -> str | None:
         # type-strict: 0 == False and 1 == True in Python, but 0 is no answer to a true/false key
         if not any(type(value) is type(a) and value == a for a in self.allowed):
-            return "is not allowed; choose one of: " + ", ".join(str(a) for a in self.allowed)
+            return "is not allowed; choose one of: " + ", ".join(dict.fromkeys(str(a) for a in self.allowed))
         return None
 
 
@@ -63,22 +74,16 @@ class Number:
         return None
 
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISION_PLUGINS = (
-    "32-true",
-    "32",
-    32,
-    "16-mixed",
-    "bf16-mixed",
-    "bf16-true",
-    "16-true",
-    "64-true",
-    "64",
-    64,
-)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+# bf16-true and 16-true are left out: the mixture's linear algebra (slogdet, eigenvalues) has no half kernels
+PRECISION_PLUGINS = ("32-true", "32", 32, "64-true", "64", 64, "bf16-mixed", "16-mixed")
+GPU_ONLY_PRECISIONS = ("16-mixed",)
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true")
+# what ModelCheckpoint and EarlyStopping can monitor: DPNLitModule logs these at every validation epoch end
+MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "val/potential_gain")
 
 MODEL_RULES: dict[str, Choice | Number] = {
-    "model.extractor": Choice(tuple(EXTRACTORS)),
+    "model.extractor": Choice(EXTRACTOR_NAMES),
     "model.precision": Choice(PRECISIONS),
     "model.grad_mode": Choice(GRAD_MODES),
     "model.gradient_impl": Choice(GRADIENT_IMPLS),
@@ -102,6 +107,9 @@ MODEL_RULES: dict[str, Choice | Number] = {
     "model.center_update": Choice(CENTER_UPDATES),
     "model.center_momentum": Number(low=0, high=1, high_open=True),
     "model.init_step_limit": Number(low=0, low_open=True, nullable=True),
+    "model.optimizer.lr": Number(low=0, low_open=True),
+    "model.optimizer.weight_decay": Number(low=0),
+    "model.scheduler.T_max": Number(integer=True, low=1),
 }
 DATA_RULES: dict[str, Choice | Number] = {
     "data.batch_size": Number(integer=True, low=1),
@@ -114,10 +122,44 @@ DATA_RULES: dict[str, Choice | Number] = {
 TRAINER_RULES: dict[str, Choice | Number] = {
     "trainer.accelerator": Choice(ACCELERATORS),
     "trainer.precision": Choice(PRECISION_PLUGINS),
+    "trainer.strategy": Choice(STRATEGIES),
     "trainer.max_epochs": Number(integer=True, low=1),
+    "trainer.min_epochs": Number(integer=True, low=0, nullable=True),
     "trainer.num_nodes": Number(integer=True, low=1),
+    "trainer.check_val_every_n_epoch": Number(integer=True, low=1, nullable=True),
+    "trainer.log_every_n_steps": Number(integer=True, low=1),
+    "trainer.gradient_clip_val": Number(low=0, nullable=True),
+    "trainer.accumulate_grad_batches": Number(integer=True, low=1),
+    "trainer.deterministic": Choice((True, False, "warn")),
+}
+CALLBACK_RULES: dict[str, Choice | Number] = {
+    "callbacks.model_checkpoint.monitor": Choice(MONITORABLE),
+    "callbacks.model_checkpoint.mode": Choice(("min", "max")),
+    "callbacks.model_checkpoint.save_top_k": Number(integer=True, low=-1),
+    "callbacks.early_stopping.monitor": Choice(MONITORABLE),
+    "callbacks.early_stopping.patience": Number(integer=True, low=0),
+    "callbacks.kmeans_init.after_epochs": Number(integer=True, low=0),
+    "callbacks.kmeans_init.seed": Number(integer=True, low=0),
+    "callbacks.figures.every_n_epochs": Number(integer=True, low=0),
+    "callbacks.figures.n_samples": Number(integer=True, low=2),
+    "callbacks.figures.n_paths": Number(integer=True, low=0),
+}
+ANALYZE_RULES: dict[str, Choice | Number] = {
+    "n_samples": Number(integer=True, low=2),
+    "n_paths": Number(integer=True, low=0),
+}
+SWEEPER_RULES: dict[str, Choice | Number] = {
+    "hydra.sweeper.n_trials": Number(integer=True, low=1),
+    "hydra.sweeper.n_jobs": Number(integer=True, low=1),
 }
 TOP_RULES: dict[str, Choice | Number] = {"seed": Number(integer=True, low=0, nullable=True)}
+# classes a command line may name as model.optimizer / model.scheduler (by module path prefix)
+TARGET_PREFIXES = {
+    "model.optimizer._target_": "torch.optim.",
+    "model.scheduler._target_": "torch.optim.lr_scheduler.",
+}
+# bytes per potential parameter while training: weight, gradient and AdamW's two moments (float32)
+BYTES_PER_PARAMETER = 16
 
 
 def _check_rules(cfg: DictConfig, rules: dict[str, Choice | Number]) -> None:
@@ -136,12 +178,18 @@ def _check_devices(cfg: DictConfig) -> None:
     devices = OmegaConf.select(cfg, "trainer.devices")
     if devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1):
         pass
-    elif not (OmegaConf.is_list(devices) and all(isinstance(d, int) and d >= 0 for d in devices)):
+    elif not (OmegaConf.is_list(devices) and devices and all(type(d) is int and d >= 0 for d in devices)):
         raise ConfigError(
             f"trainer.devices={devices!r} is not allowed: use a count >= 1, a list of GPU ids, or auto"
         )
-    if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda"):
-        import torch
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    precision = OmegaConf.select(cfg, "trainer.precision")
+    if precision in GPU_ONLY_PRECISIONS and accelerator not in ("gpu", "cuda"):
+        raise ConfigError(
+            f"trainer.precision={precision} needs trainer.accelerator=gpu; on CPU use 32-true, 64-true or bf16-mixed"
+        )
+    if accelerator in ("gpu", "cuda"):
+        import torch  # only here: counting CUDA devices needs it
 
         available = torch.cuda.device_count()
         wanted = len(devices) if OmegaConf.is_list(devices) else (available if devices == "auto" else devices)
@@ -152,6 +200,35 @@ def _check_devices(cfg: DictConfig) -> None:
             )
         if wanted > available:
             raise ConfigError(f"trainer.devices={devices} but only {available} CUDA device(s) are visible")
+
+
+def _check_model_keys(cfg: DictConfig) -> None:
+    """A key added to model (+model.x=...) that conf/model/dpn.yaml does not have is no model option."""
+    known = OmegaConf.load(CONF_DIR / "model" / "dpn.yaml")
+    for key in cfg.model:
+        if key not in known:
+            raise ConfigError(
+                f"model.{key} is not a model option; the options are: {', '.join(k for k in known if k != '_target_')}"
+            )
+    for key, prefix in TARGET_PREFIXES.items():
+        target = OmegaConf.select(cfg, key)
+        if target is not None and not (isinstance(target, str) and target.startswith(prefix)):
+            raise ConfigError(f"{key}={target!r} is not allowed: name a class under {prefix}")
+
+
+def _check_model_size(cfg: DictConfig) -> None:
+    """Refuse a potential that could not be allocated here, before anything is allocated."""
+    model = cfg.model
+    per_component = {"full": model.feature_dim, "lowrank": model.rank + 2, "diag": 2, "spherical": 1}
+    parameters = model.n_components * (model.feature_dim * per_component[model.precision] + 1)
+    needed = parameters * BYTES_PER_PARAMETER
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise ConfigError(
+            f"model.n_components={model.n_components} x model.feature_dim={model.feature_dim} "
+            f"(precision {model.precision}) needs about {needed / 2**30:.0f} GiB to train the potential alone; "
+            f"this machine has {memory / 2**30:.0f} GiB"
+        )
 
 
 def _check_model_consistency(cfg: DictConfig) -> None:
@@ -175,6 +252,8 @@ def _check_extractor_kwargs(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.extractor_kwargs={kwargs!r} is not allowed: use a mapping, e.g. {{norm: batch}}"
         )
+    from dpn_lab.model.extractors import extractor_arguments  # torch: only when arguments are given
+
     accepted = list(extractor_arguments(cfg.model.extractor))
     for key in kwargs:
         if key not in accepted:
@@ -235,29 +314,47 @@ def _check_ckpt_path(cfg: DictConfig, required: bool) -> None:
         return
     if ckpt == "last" and not required:
         return
+    if ckpt is None:
+        raise ConfigError(
+            "ckpt_path is required: ckpt_path=outputs/train/runs/<run>/checkpoints/<file>.ckpt (a train run "
+            "prints its best checkpoint; ls outputs/train/runs/*/checkpoints lists them)"
+        )
     if not isinstance(ckpt, str) or not Path(ckpt).is_file():
         allowed = "an existing checkpoint file" + ("" if required else ", last, or null")
         raise ConfigError(f"ckpt_path={ckpt!r} is not allowed: must be {allowed}")
 
 
-def validate_config(cfg: DictConfig, for_eval: bool = False) -> None:
-    """Raise ConfigError for the first invalid value of a train (or eval) config."""
+COMMANDS = ("train", "eval", "analyze")
+
+
+def validate_config(cfg: DictConfig, command: str = "train") -> None:
+    """Raise ConfigError for the first invalid value of a config of `command` (train, eval or analyze).
+    Imports no torch unless the config names extractor arguments or a GPU."""
+    if command not in COMMANDS:
+        raise ValueError(f"command={command!r}: one of {', '.join(COMMANDS)}")
     checks: list[Callable[[], None]] = [
         lambda: _check_rules(cfg, TOP_RULES),
+        lambda: _check_rules(cfg, SWEEPER_RULES),
+    ]
+    if command == "train":
+        checks += [
+            lambda: _check_model_keys(cfg),
+            lambda: _check_rules(cfg, MODEL_RULES),
+            lambda: _check_model_consistency(cfg),
+            lambda: _check_model_size(cfg),
+            lambda: _check_corruption(cfg, "model.noise_pairs"),
+            lambda: _check_extractor_kwargs(cfg),
+            lambda: _check_rules(cfg, CALLBACK_RULES),
+        ]
+    if command == "analyze":
+        checks.append(lambda: _check_rules(cfg, ANALYZE_RULES))
+    checks += [
         lambda: _check_rules(cfg, DATA_RULES),
         lambda: _check_corruption(cfg, "data.train_corruption"),
         lambda: _check_corruption(cfg, "data.test_corruption"),
-        lambda: _check_rules(cfg, TRAINER_RULES),
         lambda: _check_devices(cfg),
         lambda: _check_robustness(cfg),
-        lambda: _check_ckpt_path(cfg, required=for_eval),
+        lambda: _check_ckpt_path(cfg, required=command != "train"),
     ]
-    if not for_eval:
-        checks[1:1] = [
-            lambda: _check_rules(cfg, MODEL_RULES),
-            lambda: _check_extractor_kwargs(cfg),
-            lambda: _check_model_consistency(cfg),
-            lambda: _check_corruption(cfg, "model.noise_pairs"),
-        ]
     for check in checks:
         check()

@@ -18,3 +18,18 @@ class DivergenceError(FloatingPointError):
 
 class NonFiniteRefinementError(FloatingPointError):
     """The refined state or potential stopped being finite during the ascent."""
+
+
+class RunInterrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption) stopped the run. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int, saved: str | None = None) -> None:
+        self.signum, self.saved = signum, saved
+        name = "SIGINT (Ctrl-C)" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
+        where = (
+            f"{saved} is saved, resume with ckpt_path=last"
+            if saved
+            else "it came outside training, nothing to save"
+        )
+        super().__init__(f"stopped by {name}: {where}")

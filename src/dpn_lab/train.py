@@ -1,15 +1,35 @@
-"""python -m dpn_lab.train [overrides]: train a DPN, test its best checkpoint, report the optimized metric."""
+"""python -m dpn_lab.train [-m] [key=value ...]: train a DPN, test its best checkpoint, measure it under
+corruption, and write everything into outputs/train/runs/<date>_<time>_<id>/.
+
+Key options (defaults in brackets; `--cfg job` prints them all):
+  data=digits|mnist5k|mnist|fashion_mnist|cifar10|blobs   [digits, embedded: no download]
+  model.n_components=K [16]  model.n_steps=T [5; 0 = the ablation]  model.precision=diag|full|spherical|lowrank
+  recipe=classic|robust_extractor|paired_noise|center_tracking   trainer.max_epochs [30]  trainer.devices [1]
+  logger=csv|wandb|none [csv]  seed [0]  ckpt_path=last (resume the newest run of this data+model+seed)
+
+Examples:
+  python -m dpn_lab.train model.n_components=32 trainer.max_epochs=10
+  python -m dpn_lab.train -m model.n_steps=0,5 seed=0,1,2      (a sweep: one job per combination)
+  python -m dpn_lab.train experiment=robustness_digits          (the README's comparison)
+"""
 
 from __future__ import annotations
 
+from dpn_lab.runs.preflight import preflight
+
+if __name__ == "__main__":
+    preflight("train", __doc__)  # before the imports below, which take seconds: a mistake is one line now
+
 import logging
+import os
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpn_lab.checkpoints import check_checkpoint_fits, read_checkpoint
@@ -17,11 +37,12 @@ from dpn_lab.config import validate_config
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.evaluate import report_robustness
-from dpn_lab.runs.instantiate import instantiate_group
+from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
+from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
 from dpn_lab.runs.resolvers import register_resolvers
 from dpn_lab.runs.result import scalars
 from dpn_lab.runs.resume import find_last_checkpoint
-from dpn_lab.runs.task import command_line, exit_on_user_error, run_task
+from dpn_lab.runs.task import command_line, run_task
 
 log = logging.getLogger("dpn_lab.train")
 register_resolvers()
@@ -33,6 +54,12 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
     uses the processes srun started, avoids it. ddp_spawn starts its processes without re-executing."""
     devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
     several = devices == "auto" or OmegaConf.is_list(devices) or (isinstance(devices, int) and devices > 1)
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if several and accelerator in ("auto", "cpu") and not torch.cuda.is_available() and not is_ddp_child():
+        count = devices if isinstance(devices, int) else "several"
+        log.warning(
+            f"no GPU found: trainer.devices={devices} runs {count} CPU processes on {os.cpu_count()} cores"
+        )
     if not (multirun and several and strategy in ("auto", "ddp")):
         return
     if not str(HydraConfig.get().launcher.get("_target_", "")).endswith("SlurmLauncher"):
@@ -60,35 +87,44 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     log.info(f"Instantiating data <{cfg.data._target_}>")
     datamodule = build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
     log.info(f"Instantiating model <{cfg.model._target_}>")
-    model = instantiate(
-        cfg.model, input_shape=list(datamodule.input_shape), n_classes=datamodule.n_classes, _convert_="all"
+    model = instantiate_checked(
+        cfg.model,
+        "model",
+        input_shape=list(datamodule.input_shape),
+        n_classes=datamodule.n_classes,
+        _convert_="all",
     )
     log.info("Instantiating callbacks")
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     log.info("Instantiating loggers")
-    loggers = instantiate_group(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if checkpoint:
         check_checkpoint_fits(model, checkpoint, ckpt_path)
-    try:
-        if cfg.train:
-            log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics = scalars(trainer.callback_metrics)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if cfg.test:
-            test_ckpt = best or (None if cfg.train else ckpt_path)
-            log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
-            trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
-            metrics.update(scalars(trainer.callback_metrics))
-            if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
-                metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
-    except BaseException:
-        stop_other_ranks(trainer)
-        raise
+    # a second process resuming the same run would write beside this one: refused, naming the holder
+    resumed_run = (
+        hold_run_directory(Path(cfg.paths.checkpoint_dir), "ckpt_path") if ckpt_path else nullcontext()
+    )
+    with resumed_run:
+        try:
+            if cfg.train:
+                log.info(f"Fitting{f' (resuming from {ckpt_path})' if ckpt_path else ''}")
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            metrics = scalars(trainer.callback_metrics)
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if cfg.test:
+                test_ckpt = best or (None if cfg.train else ckpt_path)
+                log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
+                trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+                metrics.update(scalars(trainer.callback_metrics))
+                if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
+                    metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
+        except BaseException:
+            stop_other_ranks(trainer)
+            raise
     return metrics, best or None
 
 
@@ -102,14 +138,12 @@ def stop_other_ranks(trainer: L.Trainer) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    metrics = exit_on_user_error(
-        lambda: run_task(cfg, lambda output_dir, multirun: train(cfg, output_dir, multirun))
-    )
+    metrics = run_task(cfg, lambda output_dir, multirun: train(cfg, output_dir, multirun))
     return float("nan") if metrics is None else metrics.get(cfg.optimized_metric)  # NaN: a failed sweep job
 
 
 def main() -> None:
-    command_line("train", hydra_main)
+    command_line("train", __doc__, hydra_main)
 
 
 if __name__ == "__main__":

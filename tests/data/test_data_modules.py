@@ -4,14 +4,10 @@ import pytest
 import torch
 
 from conftest import write_cifar10_files, write_mnist_files
-from dpn_lab.data import (
-    BlobsDataModule,
-    CIFAR10DataModule,
-    DigitsDataModule,
-    FashionMNISTDataModule,
-    MNIST5kDataModule,
-    MNISTDataModule,
-)
+from dpn_lab.data.blobs import BlobsDataModule
+from dpn_lab.data.digits import DigitsDataModule
+from dpn_lab.data.mnist5k import MNIST5kDataModule
+from dpn_lab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from dpn_lab.data.corruption import seeded_generator
 from dpn_lab.errors import DataError
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from dpn_lab import DenoisingPotential, FullArchitecture, build_extractor
-from dpn_lab.model.potential import PotentialConfig
+from dpn_lab.model.extractors import build_extractor
+from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 
 def make_model(

@@ -8,7 +8,8 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from dpn_lab.model.potential import PRECISIONS, DenoisingPotential, NonFiniteRefinementError, PotentialConfig
+from dpn_lab.model.options import PRECISIONS
+from dpn_lab.model.potential import DenoisingPotential, NonFiniteRefinementError, PotentialConfig
 
 D, K = 4, 3
 

@@ -30,7 +30,7 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
     test_sets = {r["test_sets"] for r in rows}
     assert len(test_sets) == 1 and len(next(iter(test_sets)).split()) == 2
     # ...and they are the digests of the splits the jobs actually used
-    from dpn_lab.data import DigitsDataModule
+    from dpn_lab.data.digits import DigitsDataModule
     from dpn_lab.robustness.evaluate import index_digest
 
     for job in sweep.glob("[0-9]*"):

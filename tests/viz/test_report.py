@@ -4,8 +4,9 @@ import matplotlib.image
 import pytest
 import torch
 
-from dpn_lab import DenoisingPotential, FullArchitecture, build_extractor
-from dpn_lab.model.potential import PotentialConfig
+from dpn_lab.model.extractors import build_extractor
+from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 from dpn_lab.viz.report import write_figures
 
 

@@ -11,17 +11,20 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where it is used: validation reads CORRUPTIONS before torch loads
+    import torch
+    from torch import Tensor
 
-Corruption = Callable[[Tensor, float, torch.Generator | None], Tensor]
+    Corruption = Callable[[Tensor, float, torch.Generator | None], Tensor]
 
 
 def seeded_generator(*keys: object) -> torch.Generator:
     """A CPU generator seeded by a stable hash of `keys`, e.g. (run seed, epoch, batch index, rank): the same
     keys draw the same numbers in every process and every run; different keys draw independently."""
+    import torch
+
     digest = hashlib.sha256(repr(keys).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
@@ -35,11 +38,15 @@ def _draw(draw, images: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def gaussian_noise(images: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
     """images + N(0, sigma^2) per pixel, clipped to [0, 1]."""
+    import torch
+
     return (images + sigma * _draw(torch.randn, images, generator)).clamp_(0.0, 1.0)
 
 
 def salt_and_pepper(images: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Each pixel independently replaced with probability p, half by 0 (pepper) and half by 1 (salt)."""
+    import torch
+
     u = _draw(torch.rand, images, generator)
     out = images.clone()
     out[u < p / 2] = 0.0
@@ -49,6 +56,8 @@ def salt_and_pepper(images: Tensor, p: float, generator: torch.Generator | None 
 
 def occlusion(images: Tensor, side: float, generator: torch.Generator | None = None) -> Tensor:
     """One side x side square per image, placed uniformly inside the image, set to 0."""
+    import torch
+
     n, _, height, width = images.shape
     side = int(side)
     if side > min(height, width):
@@ -65,6 +74,9 @@ def occlusion(images: Tensor, side: float, generator: torch.Generator | None = N
 
 def gaussian_blur(images: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
     """Separable Gaussian blur of every channel (no randomness: the generator is unused)."""
+    import torch
+    import torch.nn.functional as F
+
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)

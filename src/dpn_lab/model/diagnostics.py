@@ -65,7 +65,10 @@ def potential_diagnostics(
         "affine_r2": affine_r2(x0, xT),
     }
     for t, state in enumerate(states):
-        out[f"acc_step_{t}"] = (classifier(state).argmax(1) == labels).float().mean()
+        # the states may be bf16 (autocast, trainer.precision=bf16-mixed) while the classifier is float32
+        out[f"acc_step_{t}"] = (
+            (classifier(state.to(classifier.weight.dtype)).argmax(1) == labels).float().mean()
+        )
     if component_labels is not None:
         predicted = component_labels[potential.responsibilities(xT).argmax(1)]
         out["acc_responsibility"] = (predicted == labels).float().mean()

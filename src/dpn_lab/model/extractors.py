@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dpn_lab.model.options import CNN_NORMS, CNN_POOLS
+
 
 class MLPExtractor(nn.Module):
     """Flattens the input and applies Linear-ReLU blocks, ending in a linear map to feature_dim."""
@@ -28,8 +30,6 @@ class MLPExtractor(nn.Module):
         return self.net(images)
 
 
-CNN_NORMS = ("batch", "group")
-CNN_POOLS = ("avg", "flatten")
 GROUP_NORM_GROUPS = 8
 
 

@@ -22,7 +22,6 @@ from dpn_lab.model.network import FullArchitecture
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 log = logging.getLogger(__name__)
-CENTER_UPDATES = ("none", "ema")
 
 
 # only guards the division: a larger absolute floor rewards shrinking the features below it
@@ -83,6 +82,7 @@ class DPNLitModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         backbone = build_extractor(extractor, tuple(input_shape), config.feature_dim, **extractor_kwargs)
         self.net = FullArchitecture(backbone, DenoisingPotential(config), n_classes)
+        self.example_input_array = torch.zeros(1, *input_shape)  # the model summary counts FLOPs with it
         # micro: the fraction of correct predictions, what "accuracy" means in a results table
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(n_classes, average="micro") for _ in range(3)
@@ -186,7 +186,7 @@ class DPNLitModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc, prog_bar=True)
         if self.net.potential.n_steps:
-            self.log("refine/step_size", self.net.potential.step_sizes().mean().detach())
+            self.log("refine/step_size", self.net.potential.step_sizes().mean().detach(), sync_dist=True)
 
     def _evaluate(self, batch, stage: str) -> list[Tensor]:
         images, labels = batch

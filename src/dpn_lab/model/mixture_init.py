@@ -11,9 +11,9 @@ from sklearn.covariance import LedoitWolf
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
+from dpn_lab.model.options import INIT_METHODS
 from dpn_lab.model.potential import DenoisingPotential
 
-INIT_METHODS = ("kmeans", "gmm")
 REG_COVAR = 1e-4  # added to every fitted variance: a cluster of identical points keeps a finite precision
 # The sklearn covariance family fitted for each precision family; lowrank is reduced from a full fit.
 _GMM_FAMILY = {"full": "full", "diag": "diag", "spherical": "spherical", "lowrank": "full"}

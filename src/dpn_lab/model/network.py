@@ -23,12 +23,13 @@ class FullArchitecture(nn.Module):
             potential.requires_grad_(False)
 
     def features(self, images: Tensor) -> Tensor:
-        """Unrefined features x_0 (B x D)."""
-        return self.extractor(images)
+        """Unrefined features x_0 (B x D). Images come in the parameters' dtype: under trainer.precision=64-true
+        the weights are float64 while k-means, figures and robustness read float32 data directly."""
+        return self.extractor(images.to(self.classifier.weight.dtype))
 
     def states(self, images: Tensor) -> list[Tensor]:
         """Every refinement state x_0 .. x_T of the images' features (each B x D, in the autograd graph)."""
-        return self.potential.refine(self.extractor(images))
+        return self.potential.refine(self.features(images))
 
     def forward(self, images: Tensor, all_steps: bool = False) -> Tensor:
         """Logits of the refined features (B x C), or of every state x_0..x_T ((T+1) x B x C)."""

@@ -37,11 +37,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from dpn_lab.errors import NonFiniteRefinementError
-
-PRECISIONS = ("full", "diag", "spherical", "lowrank")
-GRADIENT_IMPLS = ("closed_form", "autograd")
-GRAD_MODES = ("unrolled", "detach")
-STEP_SIZES = ("shared", "per_step")
+from dpn_lab.model.options import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_SIZES
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -18,7 +18,6 @@ from dpn_lab.model.network import FullArchitecture
 from dpn_lab.viz.plots import accuracy_plot, save_figure, steps_plot, uncertainty_plot
 
 log = logging.getLogger(__name__)
-EVAL_SPLITS = ("test", "val")
 COLUMNS = (
     "corruption",
     "severity",

@@ -36,9 +36,11 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def format_summary(metrics: dict[str, float], output_dir: str | Path, best_ckpt: str | None) -> str:
-    """The final report printed by `dpn_lab.train`."""
-    lines = ["", "=" * 60, "dpn_lab run summary"]
+def format_summary(
+    command: str, metrics: dict[str, float], output_dir: str | Path, best_ckpt: str | None
+) -> str:
+    """The final report a command (train, eval, analyze) prints."""
+    lines = ["", "=" * 60, f"dpn_lab.{command} summary"]
     for key in sorted(k for k in metrics if k.startswith(("test/", "val/"))):
         lines.append(f"  {key:<22} {metrics[key]:.4f}")
     lines.append(f"  run directory          {output_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,25 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    total: int
+    failed: int
+    table: Path
+
+
+last_sweep: SweepOutcome | None = None  # read by the command after the sweep: any failed job exits 1
+
+
 class SweepSummary(Callback):
+    """Prints the summary table (status and error of every job) at the end of every sweep."""
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global last_sweep
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             rows = summarize_sweep(sweep_dir)
             failed = sum(row["status"] != "ok" for row in rows)
+            last_sweep = SweepOutcome(len(rows), failed, sweep_dir / "summary.md")
+            print((sweep_dir / "summary.md").read_text())
             log.info(f"sweep summary of {len(rows)} jobs ({failed} failed): {sweep_dir / 'summary.md'}")

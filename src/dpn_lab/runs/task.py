@@ -1,6 +1,6 @@
-"""The task wrapper every command (train, eval, analyze) runs in: a user's mistake is one line and a non-zero
-exit, a failed job of a sweep is recorded and the sweep goes on, SIGTERM is a pre-emption, and every outcome
-is written to result.json."""
+"""The task wrapper every command (train, eval, analyze) runs in: any failure reaches the user as one
+`error:` line and a non-zero exit, a failed job of a sweep is recorded and the sweep goes on (and then exits
+1), SIGTERM and SIGINT stop with a checkpoint, and every outcome is written to result.json."""
 
 from __future__ import annotations
 
@@ -8,89 +8,134 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
+import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from dpn_lab.errors import ConfigError, DataError, DivergenceError, NonFiniteRefinementError
+from dpn_lab.errors import ConfigError, DataError, DivergenceError, NonFiniteRefinementError, RunInterrupted
+from dpn_lab.runs import sweep_summary
+from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
+from dpn_lab.runs.preflight import preflight, wants_traceback
 from dpn_lab.runs.result import format_summary, write_result
 from dpn_lab.runs.wandb_setup import finish_wandb, name_runs_by_sweep
 
-# Mistakes a user can act on. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    DivergenceError,
-    NonFiniteRefinementError,
-    ValueError,
-    FileNotFoundError,
-)
+# Mistakes a user can act on: their line is enough. Anything else is a bug: its traceback goes to a file.
+USER_ERRORS = (ConfigError, DataError, DivergenceError, NonFiniteRefinementError, ValueError, OSError)
+TRACEBACK_FILE = "traceback.txt"
+STATUS = {signal.SIGTERM: "preempted", signal.SIGINT: "interrupted"}
 
-T = TypeVar("T")
 log = logging.getLogger("dpn_lab")
 
 
 def one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+    notes = " ".join(getattr(error, "__notes__", []))
+    return " ".join(f"{type(error).__name__}: {error} {notes}".split())
 
 
-def _hydra_message(error: Exception) -> str:
-    """Hydra's multi-line composition errors as one line (its key/type detail lines dropped)."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    text = " ".join(
-        line for line in lines if line and not line.startswith(("full_key", "object_type", "reference_type"))
-    )
-    text = text.partition(" Config search path")[0]
-    head, found, options = text.partition("Available options in ")
-    if found:
-        group, _, names = options.partition(":")
-        names = [n for n in names.split() if not n.startswith("_")]  # _base files are building blocks
-        text = f"{head.strip()}; available options in {group}: {', '.join(names)}"
-    return text
+class _TolerantOutput:
+    """Standard output that a failed write (a full disk, a closed pipe) does not stop: the first failure is
+    remembered, later output goes nowhere, and the command reports it in one line once the work is done."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self.failure = stream, None
+
+    def _guard(self, action: Callable[[], Any]) -> Any:
+        if self.failure is None:
+            try:
+                return action()
+            except OSError as error:
+                self.failure = error
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())  # the exit-time flush then succeeds too
+                os.close(devnull)
+        return None
+
+    def write(self, text: str) -> int:
+        self._guard(lambda: self._stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
-def check_overrides(config_name: str, args: list[str]) -> None:
-    """Compose the config once with the command line's overrides (the first value of each sweep) so that an
-    unknown key, group option or malformed override fails as one ConfigError line before Hydra starts."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+def _quiet_the_noise() -> None:
+    """Silence what nobody can act on: Lightning's advertising tips and its second 'Seed set' line, a
+    deprecation inside Lightning, the FLOPs line of the model summary (always 0 here), and W&B's banner."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
-    flags = [a for a in args if a.startswith("-")]
-    if any(f not in ("-m", "--multirun") for f in flags):
-        return  # --cfg, --help, -cn ...: Hydra's own business
-    overrides = [a for a in args if not a.startswith("-")]
+    class DropTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            if "Total FLOPs" in message:
+                record.msg, record.args = (
+                    "\n".join(line for line in message.splitlines() if "Total FLOPs" not in line),
+                    (),
+                )
+            return not message.lstrip().startswith("💡 Tip")
+
+    for name in ("pytorch_lightning", "lightning.pytorch"):
+        logging.getLogger(name).addFilter(DropTips())
+        for child in ("utilities.rank_zero", "callbacks.model_summary", "utilities.model_summary"):
+            logging.getLogger(f"{name}.{child}").addFilter(DropTips())
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)  # ours says it first
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if is_ddp_child():
+        logging.disable(logging.INFO)  # rank 0 reports; other ranks speak only to warn or fail
+
+
+def command_line(command: str, help_text: str, hydra_main: Callable[[], Any]) -> None:
+    """A command's entry point: checks the command line in one line (see preflight), runs Hydra, and turns
+    whatever escapes into one `error:` line (HYDRA_FULL_ERROR=1 keeps the traceback instead)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")  # e.g. PYTHONIOENCODING=ascii and a progress bar
+    output = sys.stdout = _TolerantOutput(sys.stdout)
+    preflight(command, help_text)
+    _quiet_the_noise()
+    os.environ.setdefault("DPN_LAB_TRACEBACK", "1" if wants_traceback() else "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises to us instead of printing its own block
     try:
-        concrete = []
-        for override in OverridesParser.create().parse_overrides(overrides):
-            if override.is_sweep_override():
-                first = next(iter(override.sweep_string_iterator()))
-                concrete.append(f"{override.get_key_element()}={first}")
-            else:
-                concrete.append(override.input_line)
-        with initialize_config_module(config_module="dpn_lab.conf", version_base="1.3"):
-            compose(config_name, overrides=concrete, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(_hydra_message(error)) from None
-
-
-def exit_on_user_error(run: Callable[[], T]) -> T:
-    """Run; on a user error print one line to stderr and exit 1 (HYDRA_FULL_ERROR=1 keeps the traceback)."""
-    try:
-        return run()
-    except USER_ERRORS as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        hydra_main()
+    except RunInterrupted as stop:
+        if wants_traceback():
+            raise
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except (Exception, KeyboardInterrupt) as error:
+        if wants_traceback():
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
+    sweep = sweep_summary.last_sweep
+    if sweep is not None and sweep.failed:
+        print(
+            f"error: SweepFailed: {sweep.failed} of {sweep.total} jobs failed; each job's status and error: "
+            f"{sweep.table}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    if output.failure is not None:
+        print(
+            f"error: OSError: standard output could not be written ({output.failure.strerror}); "
+            "the run finished and its files are complete",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise RunInterrupted(signum)
 
 
 Work = Callable[[Path, bool], tuple[dict[str, float], str | None]]
@@ -99,42 +144,42 @@ Work = Callable[[Path, bool], tuple[dict[str, float], str | None]]
 def run_task(cfg: DictConfig, work: Work) -> dict[str, float] | None:
     """Run `work(output_dir, multirun) -> (metrics, best checkpoint or None)` as one Hydra job.
 
-    Writes result.json (ok, failed or preempted) on rank 0 and closes the W&B run whatever happens.
-    SIGTERM exits 143 (128 + SIGTERM) after Lightning saved last.ckpt. A failure ends a single run (the
-    caller prints it); in a sweep it is recorded, logged, and None is returned so the sweep goes on.
+    Holds the run directory, writes result.json (ok, failed, preempted or interrupted) on rank 0 and closes
+    the W&B run whatever happens. A bug's traceback goes to the run's traceback.txt. A failure ends a single
+    run (command_line prints it); in a sweep it is recorded, logged, and None is returned so the sweep goes
+    on. SIGTERM or SIGINT ends the run, or the whole sweep (PreemptionCheckpoint saves during training).
     """
     job = HydraConfig.get()
     output_dir, overrides = Path(job.runtime.output_dir), list(job.overrides.task)
     multirun = job.mode == RunMode.MULTIRUN
+    rank_zero = rank_zero_only.rank == 0 and not is_ddp_child()
     name_runs_by_sweep(cfg)
-    try:
-        metrics, best = work(output_dir, multirun)
-    except SIGTERMException:
-        # pre-empted: last.ckpt was written (PreemptionCheckpoint); a scheduler must not read this as success
-        if rank_zero_only.rank == 0:
-            write_result(
-                output_dir, "preempted", overrides, {}, "stopped by SIGTERM; resume with ckpt_path=last"
-            )
-        log.error("stopped by SIGTERM: last.ckpt is saved, resume with ckpt_path=last")
-        sys.exit(128 + signal.SIGTERM)
-    except Exception as error:
-        if rank_zero_only.rank == 0:
-            write_result(output_dir, "failed", overrides, {}, one_line(error))
-        if not multirun:
+    with ExitStack() as stack:
+        if rank_zero:
+            stack.enter_context(hold_run_directory(output_dir))
+        if threading.current_thread() is threading.main_thread():
+            for signum in STATUS:
+                previous = signal.signal(signum, _raise_interrupted)
+                stack.callback(signal.signal, signum, previous)
+        try:
+            metrics, best = work(output_dir, multirun)
+        except RunInterrupted as stop:
+            if rank_zero:
+                write_result(output_dir, STATUS.get(stop.signum, "interrupted"), overrides, {}, str(stop))
             raise
-        log.error(f"job failed: {one_line(error)}")
-        if not isinstance(error, USER_ERRORS):
-            log.error(traceback.format_exc())
-        return None
-    finally:
-        finish_wandb()
-    if rank_zero_only.rank == 0:
-        write_result(output_dir, "ok", overrides, metrics)
-        print(format_summary(metrics, output_dir, best))
+        except Exception as error:
+            if not isinstance(error, USER_ERRORS):
+                (output_dir / TRACEBACK_FILE).write_text(traceback.format_exc())
+                error.add_note(f"(an unexpected error: traceback in {output_dir / TRACEBACK_FILE})")
+            if rank_zero:
+                write_result(output_dir, "failed", overrides, {}, one_line(error))
+            if not multirun:
+                raise
+            log.error(f"job failed: {one_line(error)}")
+            return None
+        finally:
+            finish_wandb()
+        if rank_zero:
+            write_result(output_dir, "ok", overrides, metrics)
+            print(format_summary(cfg.task_name, metrics, output_dir, best))
     return metrics
-
-
-def command_line(config_name: str, hydra_main: Callable[[], Any]) -> None:
-    """A command's entry point: the overrides are checked in one line before Hydra starts the job."""
-    exit_on_user_error(lambda: check_overrides(config_name, sys.argv[1:]))
-    hydra_main()

@@ -1,0 +1,14 @@
+"""The values each model option accepts, one list each.
+
+Read by the modules that implement the options and by `dpn_lab.config`, which checks a command line before
+torch is imported (a mistake costs one line in about a second, not the seconds torch and Lightning take)."""
+
+PRECISIONS = ("full", "diag", "spherical", "lowrank")
+GRADIENT_IMPLS = ("closed_form", "autograd")
+GRAD_MODES = ("unrolled", "detach")
+STEP_SIZES = ("shared", "per_step")
+EXTRACTOR_NAMES = ("mlp", "cnn")
+CNN_NORMS = ("batch", "group")
+CNN_POOLS = ("avg", "flatten")
+INIT_METHODS = ("kmeans", "gmm")
+CENTER_UPDATES = ("none", "ema")
