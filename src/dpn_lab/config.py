@@ -335,6 +335,7 @@ def validate_config(cfg: DictConfig, command: str = "train") -> None:
     checks: list[Callable[[], None]] = [
         lambda: _check_rules(cfg, TOP_RULES),
         lambda: _check_rules(cfg, SWEEPER_RULES),
+        lambda: _check_rules(cfg, TRAINER_RULES),  # first: model.scheduler.T_max follows trainer.max_epochs
     ]
     if command == "train":
         checks += [
