@@ -38,6 +38,34 @@ def test_a_checkpoint_with_an_unknown_hyperparameter_is_one_line(tmp_path):
         model_from_checkpoint(read_checkpoint(str(path)), str(path))
 
 
+def test_a_checkpoint_asking_for_a_huge_potential_is_refused_before_anything_is_allocated(tmp_path):
+    # the stored weights are the small default model's; the hyperparameters ask for 10^5 x 10^5 (40 GB)
+    path = checkpoint_file(
+        tmp_path / "huge.ckpt", {"hyper_parameters_extra": {"n_components": 100_000, "feature_dim": 100_000}}
+    )
+    with pytest.raises(ConfigError, match=r"huge.ckpt was trained with another model configuration .*shape"):
+        model_from_checkpoint(read_checkpoint(str(path)), str(path))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable checkpoint, truncated or corrupt"),
+        (b"epoch: 3\nweights: none\n", "not a readable checkpoint, truncated or corrupt"),
+        ("list", "not a dpn_lab training checkpoint (a list, not a mapping)"),
+    ],
+)
+def test_empty_text_and_list_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "odd.ckpt"
+    if content == "list":
+        torch.save([1, 2, 3], path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        read_checkpoint(str(path))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_checkpoints_written_before_records_still_rebuild_their_data(tmp_path):
     args = {**DATA_ARGS, "split_seed": 3, "batch_size": 32}
     path = checkpoint_file(tmp_path / "old.ckpt", data={"_target_": LEGACY_TARGET, **args})

@@ -122,8 +122,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule
         raise ConfigError(
             f"ckpt_path={path}: unknown hyperparameter {', '.join(unknown)}; a DPN takes: {', '.join(sorted(accepted))}"
         )
-    model = DPNLitModule(**_with_historical_defaults(hp))
-    check_checkpoint_fits(model, checkpoint, path)
+    hp = _with_historical_defaults(hp)
+    with torch.device("meta"):  # shapes only: a hostile 10^5 x 10^5 potential is refused, never allocated
+        check_checkpoint_fits(DPNLitModule(**hp), checkpoint, path)
+    model = DPNLitModule(**hp)
     model.load_state_dict(checkpoint["state_dict"])
     return model
 
@@ -153,9 +155,10 @@ def _load(path: str) -> Any:
             else "it holds objects other than plain data"
         )
         raise ConfigError(f"ckpt_path={path}: not a loadable dpn_lab checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # torch's unpickler fails on empty or foreign files in many ways
         raise ConfigError(
-            f"ckpt_path={path}: not a readable checkpoint, truncated or corrupt ({str(error).splitlines()[0][:120]})"
+            f"ckpt_path={path}: not a readable checkpoint, truncated or corrupt "
+            f"({(str(error).splitlines() or [type(error).__name__])[0][:120]})"
         ) from None
 
 

@@ -57,8 +57,9 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
     accelerator = cfg.trainer.get("accelerator", "auto")
     if several and accelerator in ("auto", "cpu") and not torch.cuda.is_available() and not is_ddp_child():
         count = devices if isinstance(devices, int) else "several"
+        why = "none requested" if accelerator == "cpu" else "none found"
         log.warning(
-            f"no GPU found: trainer.devices={devices} runs {count} CPU processes on {os.cpu_count()} cores"
+            f"trainer.devices={devices} without a GPU ({why}): {count} CPU processes share {os.cpu_count()} cores"
         )
     if not (multirun and several and strategy in ("auto", "ddp")):
         return

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from dpn_lab.config import MONITORABLE
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def read_metrics_csv(run_dir: Path) -> list[dict[str, str]]:
 def test_train_then_eval_agree_and_leave_a_complete_run_directory(tmp_path):
     result = run_cli("dpn_lab.train", "trainer.max_epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "dpn_lab run summary" in result.stdout and "test/acc" in result.stdout
+    assert "dpn_lab.train summary" in result.stdout and "test/acc" in result.stdout
     run_dir = only((tmp_path / "outputs" / "train" / "runs").iterdir())
     saved = json.loads((run_dir / "result.json").read_text())
     assert saved["status"] == "ok" and 0 < saved["metrics"]["test/acc"] <= 1
@@ -35,6 +36,10 @@ def test_train_then_eval_agree_and_leave_a_complete_run_directory(tmp_path):
     ).is_file()
     rows = read_metrics_csv(run_dir)
     assert {row["epoch"] for row in rows if row.get("val/acc")} == {"0", "1"}
+    assert set(MONITORABLE) <= set(rows[0])  # what callbacks.*.monitor may name is really logged
+    output = result.stdout + result.stderr
+    for noise in ("💡 Tip", "LeafSpec", "Total FLOPs: 0", "Seed set to", "sync_dist", "Traceback"):
+        assert noise not in output, noise
     best = only((run_dir / "checkpoints").glob("epoch_*.ckpt"))
     # checkpoints are plain data
     checkpoint = torch.load(best, weights_only=True)
@@ -42,6 +47,7 @@ def test_train_then_eval_agree_and_leave_a_complete_run_directory(tmp_path):
 
     evaluated = run_cli("dpn_lab.eval", f"ckpt_path={best}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
+    assert "dpn_lab.eval summary" in evaluated.stdout and "dpn_lab.train" not in evaluated.stdout
     eval_dir = only((tmp_path / "outputs" / "eval" / "runs").iterdir())
     eval_metrics = json.loads((eval_dir / "result.json").read_text())["metrics"]
     assert eval_metrics["test/acc"] == pytest.approx(saved["metrics"]["test/acc"], abs=1e-6)
@@ -93,7 +99,10 @@ def test_multirun_writes_a_summary_and_records_failed_jobs(tmp_path):
         "logger=none",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # a sweep with failed jobs exits 1 after its summary table, which is printed
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: SweepFailed: 2 of 4 jobs failed")
+    assert "| job | overrides | status |" in result.stdout and "Traceback" not in result.stderr
     sweep = only((tmp_path / "outputs" / "train" / "multiruns").iterdir())
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))

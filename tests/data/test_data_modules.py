@@ -1,14 +1,15 @@
 """Data modules: splits, tensors, test corruption, and the on-disk formats of the torchvision sets."""
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import write_cifar10_files, write_mnist_files
 from dpn_lab.data.blobs import BlobsDataModule
+from dpn_lab.data.corruption import seeded_generator
 from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.data.mnist5k import MNIST5kDataModule
 from dpn_lab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
-from dpn_lab.data.corruption import seeded_generator
 from dpn_lab.errors import DataError
 
 
@@ -146,3 +147,21 @@ def test_training_corruption_is_seeded_by_seed_epoch_batch_and_rank():
             0.5 + 0.2 * torch.randn(4, 1, 8, 8, generator=seeded_generator("train_corruption", 0, 0, 0, 0))
         ).clamp(0, 1),
     )
+
+
+def test_mnist_files_of_random_bytes_are_one_data_error(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (raw / name).write_bytes(rng.bytes(4096))
+    with pytest.raises(
+        DataError, match=r"data=mnist: no usable MNIST files under .*set data.download=true"
+    ) as caught:
+        MNISTDataModule(data_dir=str(tmp_path)).setup()
+    assert "\n" not in str(caught.value)

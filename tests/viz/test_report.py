@@ -42,3 +42,13 @@ def small_model(input_shape, n_steps=3):
     potential = DenoisingPotential(PotentialConfig(8, 4, n_steps=n_steps, precision="full"))
     extractor = "cnn" if len(input_shape) == 3 else "mlp"
     return FullArchitecture(build_extractor(extractor, input_shape, 8), potential, n_classes=3)
+
+
+def test_one_dimensional_features_are_drawn_on_a_line(tmp_path):
+    torch.manual_seed(0)
+    potential = DenoisingPotential(PotentialConfig(1, 4, n_steps=3, precision="diag"))
+    model = FullArchitecture(build_extractor("cnn", (1, 8, 8), 1), potential, 3)
+    written = write_figures(model, torch.rand(90, 1, 8, 8), torch.arange(90) % 3, 3, None, tmp_path, "t", 10)
+    assert set(written) == {"prototypes", "feature_map", "trajectories", "covariance"}
+    for path in written.values():
+        assert_png_shows_something(path)

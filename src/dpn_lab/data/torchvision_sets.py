@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,8 @@ class TorchvisionDataModule(TensorDataModule):
         try:
             return cls(str(root), train=train, download=self.hparams.download)
         except (
-            RuntimeError,
-            ValueError,
-            OSError,
-            EOFError,
-            pickle.UnpicklingError,
-        ) as error:  # missing or corrupt
+            Exception
+        ) as error:  # missing or corrupt: torchvision says so by assert, RuntimeError, pickle...
             raise DataError(
                 f"data={self.config_name}: no usable {self.dataset_name} files under {root} "
                 f"({' '.join(str(error).split())[:160]}); set "

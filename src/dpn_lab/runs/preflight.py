@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.config import CONF_DIR, validate_config
 from dpn_lab.errors import ConfigError
-from dpn_lab.runs.lock import check_run_directory_free
+from dpn_lab.runs.lock import check_run_directory_free, is_ddp_child
 from dpn_lab.runs.resolvers import register_resolvers
 
-# the keys a `~key` override may delete: entries of the list-like groups, never a value the run needs
-DELETABLE = ("callbacks.", "logger.")
+# the keys a `~key` override may delete: entries of the list-like groups, and the arguments of a swapped
+# optimizer or scheduler class (e.g. ~model.scheduler.T_max with ExponentialLR); never a value the run needs
+DELETABLE = ("callbacks.", "logger.", "model.optimizer.", "model.scheduler.")
 NAME_MAX, PATH_MAX = 255, 4096
 # environment variables by which Lightning recognises a cluster that starts every node's processes
 CLUSTER_VARIABLES = ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "NODE_RANK")
@@ -146,8 +147,8 @@ def concrete_overrides(overrides: list[str]) -> list[str]:
         key = override.get_key_element()
         if override.is_delete() and not key.lstrip("~").startswith(DELETABLE):
             raise ConfigError(
-                f"{override.input_line}: only a callback or a logger can be removed (e.g. ~callbacks.figures); "
-                "set the value you want instead"
+                f"{override.input_line}: only a callback, a logger or an optimizer/scheduler argument can be "
+                "removed (e.g. ~callbacks.figures); set the value you want instead"
             )
         if override.is_sweep_override():
             first = next(iter(override.sweep_string_iterator()))
@@ -228,7 +229,7 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     run_dir = check_writable(OmegaConf.select(cfg, key, throw_on_missing=False), key)
-    if not multirun and run_dir.is_dir():
+    if not multirun and run_dir.is_dir() and not is_ddp_child():  # ranks > 0 run in rank 0's directory
         check_run_directory_free(run_dir, key)
     try:  # by default it lies inside the run directory, known only once Hydra starts the job
         checkpoint_dir = OmegaConf.select(cfg, "paths.checkpoint_dir")

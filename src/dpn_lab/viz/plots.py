@@ -29,7 +29,13 @@ def pca_plane(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     mean = features.mean(0)
     _, s, vh = torch.linalg.svd(features - mean, full_matrices=False)
     variance = s**2
-    return mean, vh[:2], variance[:2] / variance.sum()
+    basis, explained = vh[:2], variance[:2] / variance.sum()
+    missing = 2 - len(basis)  # D = 1 (model.feature_dim=1): the second axis is empty, points lie on a line
+    return (
+        mean,
+        torch.cat([basis, basis.new_zeros(missing, basis.shape[1])]),
+        torch.cat([explained, explained.new_zeros(missing)]),
+    )
 
 
 def project(points: Tensor, mean: Tensor, basis: Tensor) -> np.ndarray:

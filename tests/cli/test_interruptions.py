@@ -1,0 +1,164 @@
+"""Signals, broken output and bugs at the command line: one line, the right exit status, nothing lost."""
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from dpn_lab.checkpoints import read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "DPN_LAB_ROOT": str(cwd), "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpn_lab.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_first_checkpoint(cwd: Path) -> Path:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list((cwd / "outputs").glob("train/runs/*/checkpoints/last.ckpt"))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint within 120 s")
+
+
+def interrupt_mid_run(process: subprocess.Popen, cwd: Path, signum: int) -> tuple[Path, float, str, str]:
+    last = wait_for_first_checkpoint(cwd)
+    time.sleep(0.5)  # mid-epoch
+    signalled = time.time()
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert time.time() - signalled < 60
+    return last, signalled, stdout, stderr
+
+
+def test_ctrl_c_saves_a_mid_epoch_checkpoint_and_exits_130(tmp_path):
+    process = start("trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    last, signalled, _, stderr = interrupt_mid_run(process, tmp_path, signal.SIGINT)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stopped by SIGINT (Ctrl-C): {last} is saved, resume with ckpt_path=last"
+    )
+    assert last.stat().st_mtime >= signalled
+    state = read_checkpoint(str(last))
+    progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert state["epoch"] < 199 and progress["current"]["processed"] > 0 and not progress["is_last_batch"]
+    result = json.loads((last.parents[1] / "result.json").read_text())
+    assert result["status"] == "interrupted" and "SIGINT" in result["error"]
+
+
+def test_sigterm_to_rank_0_under_ddp_stops_every_rank_with_a_checkpoint(tmp_path):
+    process = start("trainer=ddp_sim", "trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    last, signalled, stdout, stderr = interrupt_mid_run(process, tmp_path, signal.SIGTERM)
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by SIGTERM: {last} is saved")
+    assert last.stat().st_mtime >= signalled
+    assert json.loads((last.parents[1] / "result.json").read_text())["status"] == "preempted"
+    time.sleep(1)
+    survivors = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in survivors
+    # the CPU fallback is said once, and rank 1 does not repeat rank 0's log
+    assert (
+        len(
+            re.findall(
+                r"trainer.devices=2 without a GPU \(none requested\): 2 CPU processes", stderr + stdout
+            )
+        )
+        == 1
+    )
+    assert (stdout + stderr).count("Instantiating data") == 1
+
+
+def test_an_unwritable_stdout_and_an_ascii_terminal_do_not_lose_the_run(tmp_path):
+    with open("/dev/full", "w") as full:
+        env = {**os.environ, "DPN_LAB_ROOT": str(tmp_path)}
+        env.pop("HYDRA_FULL_ERROR", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "dpn_lab.train", "trainer.max_epochs=1", *FAST],
+            cwd=tmp_path,
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: OSError: standard output could not be written (No space left on device); "
+        "the run finished and its files are complete"
+    )
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert json.loads((run / "result.json").read_text())["status"] == "ok"
+
+    ascii_run = run_cli(
+        "dpn_lab.train", "trainer.max_epochs=1", *FAST, cwd=tmp_path, env={"PYTHONIOENCODING": "ascii"}
+    )
+    assert ascii_run.returncode == 0, ascii_run.stderr[-2000:]
+    assert "dpn_lab.train summary" in ascii_run.stdout and "test/acc" in ascii_run.stdout
+
+
+def test_a_bug_is_one_line_with_its_traceback_in_the_run_directory(tmp_path):
+    helpers = str(Path(__file__).parents[1] / "helpers")
+    result = run_cli(
+        "dpn_lab.train",
+        "trainer.max_epochs=1",
+        *FAST,
+        "+callbacks.fail._target_=failing_rank.FailOnRank",
+        "+callbacks.fail.rank=0",
+        cwd=tmp_path,
+        env={"PYTHONPATH": helpers + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: RuntimeError: rank 0 failed on purpose (an unexpected error: traceback in "
+        f"{run / 'traceback.txt'})"
+    )
+    assert "raise RuntimeError" in (run / "traceback.txt").read_text()
+    assert json.loads((run / "result.json").read_text())["status"] == "failed"
+
+
+def test_a_full_disk_mid_run_is_one_line(tmp_path):
+    def small_files() -> None:  # a file may not grow past 64 KiB: checkpoints fail, configs and logs fit
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    env = {**os.environ, "DPN_LAB_ROOT": str(tmp_path)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "dpn_lab.train", "trainer.max_epochs=2", *FAST],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: OSError: [Errno 27] File too large")
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert json.loads((run / "result.json").read_text())["status"] == "failed"
+    assert not list(run.rglob("*.ckpt"))  # no half-written checkpoint is left to be resumed from
