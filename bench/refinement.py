@@ -1,19 +1,24 @@
-"""Refinement benchmark: forward+backward time, activation memory and gradient agreement per configuration.
+"""Refinement benchmark: the T-step ascent's forward+backward time, activation memory and gradient agreement,
+one step against its GEMM floor, and how the cost grows with B, K, D and T. One table each.
 
-    python bench/refinement.py                       # reference shape B=256 D=64 K=32 T=10, CPU, float32
-    python bench/refinement.py --device cuda --dtype bfloat16
+    python bench/refinement.py                                  # CPU, float32, reference shape B=256 D=64 K=32 T=10
+    python bench/refinement.py --device cuda --dtype bfloat16   # a GPU; adds the bf16 matmul-rate column
+    python bench/refinement.py --plot bench/refinement_cost.png # also draw the growth table
 
-Activation memory is the bytes of the tensors autograd holds for the backward pass when the forward
-returns (parameters excluded), counted with saved-tensor hooks, which also see what a torch.compile'd
-graph saves. On CUDA the peak
-allocator growth during forward is printed beside it. Every ratio is against the autograd/unrolled/eager
-reference measured in the same run.
+Rows (full precision, the benchmark's hardest case):
+  seed layer, literal     the seed paper's layer as written: (x - mu) as B x K x D, A_i applied by einsum, and
+                          torch.autograd.grad(create_graph=True) for every step
+  autograd (lean)         gradient_impl=autograd: the GEMM form of q, autograd for grad phi and for backward
+  closed_form fused       the default: all T steps as one autograd node, batch in L2-sized tiles
+Ratios are against the seed layer and the lean autograd rows measured in the same run. Activation memory is
+what autograd holds for backward when the forward returns (parameters excluded; saved-tensor hooks).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import platform
 import statistics
 import time
 import weakref
@@ -21,34 +26,77 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 
-@dataclass
-class Config:
-    gradient_impl: str
-    grad_mode: str
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    dim: int
+    components: int
+    steps: int
+
+    def __str__(self) -> str:
+        return f"B={self.batch} D={self.dim} K={self.components} T={self.steps}"
+
+
+class SeedLayer(nn.Module):
+    """The seed paper's refinement layer, literally: autograd through phi with a graph kept at every step."""
+
+    def __init__(self, potential: DenoisingPotential) -> None:
+        super().__init__()
+        self.mu, self.A, self.c = potential.mu, potential.precision_factor, potential.c
+        self.raw_eta, self.steps = potential.step_size_raw, potential.n_steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eta = nn.functional.softplus(self.raw_eta)[0]
+        for _ in range(self.steps):
+            if not x.requires_grad:
+                x = x.requires_grad_(True)
+            diff = x.unsqueeze(1) - self.mu  # B x K x D
+            projected = torch.einsum("kij,bkj->bki", self.A, diff)
+            phi = torch.logsumexp(self.c - 0.5 * (projected**2).sum(-1), dim=1)
+            (grad,) = torch.autograd.grad(phi.sum(), x, create_graph=True)
+            x = x + eta * grad
+        return x
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    gradient_impl: str = "closed_form"
+    grad_mode: str = "unrolled"
     checkpoint_steps: bool = False
     compiled: bool = False
-
-    @property
-    def name(self) -> str:
-        mode = self.grad_mode + ("+ckpt" if self.checkpoint_steps else "")
-        return f"{self.gradient_impl:<11} {mode:<13} {'compile' if self.compiled else 'eager'}"
+    seed: bool = False
 
 
-CONFIGS = [
-    Config("autograd", "unrolled"),
-    Config("autograd", "detach"),
-    Config("autograd", "unrolled", checkpoint_steps=True),
-    Config("closed_form", "unrolled"),
-    Config("closed_form", "detach"),
-    Config("closed_form", "unrolled", checkpoint_steps=True),
-    Config("closed_form", "unrolled", compiled=True),
-    Config("closed_form", "unrolled", checkpoint_steps=True, compiled=True),
-    Config("autograd", "unrolled", compiled=True),
+ROWS = [
+    Row("seed layer, literal", "autograd", seed=True),
+    Row("autograd (lean)", "autograd"),
+    Row("autograd + ckpt", "autograd", checkpoint_steps=True),
+    Row("closed_form detach", grad_mode="detach"),
+    Row("closed_form fused"),
+    Row("closed_form fused, compile", compiled=True),
+    Row("autograd (lean), compile", "autograd", compiled=True),
 ]
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            platform.processor() or platform.machine(),
+        )
+    return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} threads"
 
 
 def synchronize(device: torch.device) -> None:
@@ -56,11 +104,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
+def median_seconds(
+    fn: Callable[[], object], device: torch.device, repeats: int, budget: float = 3.0
+) -> float:
+    """Median over `repeats` runs after a warm-up, fewer when one run is long (at most ~budget seconds)."""
+    for _ in range(2):
         fn()
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    once = time.perf_counter() - start
     times = []
-    for _ in range(repeats):
+    for _ in range(max(3, min(repeats, int(budget / max(once, 1e-6))))):
         synchronize(device)
         start = time.perf_counter()
         fn()
@@ -72,11 +128,7 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
 def saved_activation_bytes(
     fn: Callable[[], torch.Tensor], parameters: list[torch.Tensor]
 ) -> tuple[torch.Tensor, int]:
-    """Run fn; bytes of the distinct storages autograd still holds for backward when fn returns.
-
-    Parameters are excluded; tensors saved by graph pieces that were already freed (detach mode's earlier
-    steps) do not count, since they are not held during backward.
-    """
+    """Run fn; bytes of the distinct storages autograd still holds for backward when fn returns."""
     param_storages = {p.untyped_storage().data_ptr() for p in parameters}
     saved: list[weakref.ref] = []
 
@@ -89,27 +141,23 @@ def saved_activation_bytes(
         out = fn()
     gc.collect()
     alive = {
-        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-        for ref in saved
-        if (t := ref()) is not None
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for r in saved if (t := r()) is not None
     }
     return out, sum(alive.values())
 
 
-def build(
-    config: Config, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
-) -> DenoisingPotential:
+def build(row: Row, shape: Shape, device: torch.device, dtype: torch.dtype) -> DenoisingPotential:
     torch.manual_seed(0)
     module = DenoisingPotential(
         PotentialConfig(
-            args.dim,
-            args.components,
-            n_steps=args.steps,
+            shape.dim,
+            shape.components,
+            n_steps=shape.steps,
             precision="full",
             init_step_size=0.05,
-            gradient_impl=config.gradient_impl,
-            grad_mode=config.grad_mode,
-            checkpoint_steps=config.checkpoint_steps,
+            gradient_impl=row.gradient_impl,
+            grad_mode=row.grad_mode,
+            checkpoint_steps=row.checkpoint_steps,
         )
     )
     with torch.no_grad():  # away from the identity start, so every parameter gets a generic gradient
@@ -119,14 +167,13 @@ def build(
     return module.to(device, dtype)
 
 
-def flat_gradients(module: DenoisingPotential, x: torch.Tensor) -> torch.Tensor:
-    grads = [p.grad for p in module.parameters()] + [x.grad if x.grad is not None else torch.zeros_like(x)]
-    return torch.cat([g.flatten().float() for g in grads])
-
-
-def run_config(config: Config, args, device, dtype, x0: torch.Tensor, weight: torch.Tensor) -> dict:
-    module = build(config, args, device, dtype)
-    forward = torch.compile(module) if config.compiled else module
+def measure(row: Row, shape: Shape, device, dtype, repeats: int, memory: bool = True) -> dict:
+    module = build(row, shape, device, dtype)
+    layer = SeedLayer(module) if row.seed else module
+    forward = torch.compile(layer) if row.compiled else layer
+    torch.manual_seed(1)
+    x0 = torch.randn(shape.batch, shape.dim, device=device, dtype=dtype)
+    weight = torch.randn(shape.batch, shape.dim, device=device)
     x = x0.clone().requires_grad_(True)
 
     def train_step() -> torch.Tensor:
@@ -139,46 +186,163 @@ def run_config(config: Config, args, device, dtype, x0: torch.Tensor, weight: to
     try:
         train_step()  # compile (if any) before timing
     except Exception as error:  # noqa: BLE001 - a benchmark reports what does not run
-        return {"config": config, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:60]}"}
-    seconds = median_seconds(train_step, device, args.repeats)
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:60]}"}
+    seconds = median_seconds(train_step, device, repeats)
     module.zero_grad(set_to_none=True)
     x.grad = None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    out, saved = saved_activation_bytes(lambda: forward(x), list(module.parameters()))
-    peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None
+    saved = 0
+    if memory:
+        out, saved = saved_activation_bytes(lambda: forward(x), list(module.parameters()))
+    else:
+        out = forward(x)
     (out.float() * weight).sum().backward()
-    return {
-        "config": config,
-        "seconds": seconds,
-        "saved": saved,
-        "peak": peak,
-        "grads": flat_gradients(module, x),
-    }
+    grads = [p.grad for p in module.parameters()] + [x.grad]
+    flat = torch.cat(
+        [(g if g is not None else torch.zeros(1, device=device)).flatten().float() for g in grads]
+    )
+    return {"seconds": seconds, "saved": saved, "grads": flat}
 
 
-def step_floor(args, device, dtype) -> list[tuple[str, float]]:
-    """One forward step (no grad) against the two GEMMs it cannot avoid, at the same shapes."""
-    module = build(Config("closed_form", "unrolled"), args, device, dtype)
-    x = torch.randn(args.batch, args.dim, device=device, dtype=dtype)
-    frozen = module._frozen()
-    eta = module.step_sizes()[0]
-    K, R = args.components, args.dim
-    y = torch.randn(args.batch, K * R, device=device, dtype=dtype)
+def print_table(title: str, columns: list[tuple[str, int]], rows: list[list[str]]) -> None:
+    print(f"\n{title}")
+    print(
+        " ".join(f"{name:>{width}}" if i else f"{name:<{width}}" for i, (name, width) in enumerate(columns))
+    )
+    print("-" * (sum(w for _, w in columns) + len(columns) - 1))
+    for row in rows:
+        print(
+            " ".join(
+                f"{cell:>{width}}" if i else f"{cell:<{width}}"
+                for i, (cell, (_, width)) in enumerate(zip(row, columns, strict=True))
+            )
+        )
+
+
+def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) -> None:
+    rows = [r for r in ROWS if compile_rows or not r.compiled]
+    results = {r.name: measure(r, shape, device, dtype, repeats) for r in rows}
+    seed, lean = results["seed layer, literal"], results["autograd (lean)"]
+    table = []
+    for row in rows:
+        res = results[row.name]
+        if "error" in res:
+            table.append([row.name, "-", "-", "-", "-", res["error"][:24]])
+            continue
+        err = (res["grads"] - lean["grads"]).norm() / lean["grads"].norm()
+        table.append(
+            [
+                row.name,
+                f"{1e3 * res['seconds']:.2f}",
+                f"{seed['seconds'] / res['seconds']:.2f}x",
+                f"{lean['seconds'] / res['seconds']:.2f}x",
+                f"{res['saved'] / 2**20:.2f}",
+                f"{err:.1e}",
+            ]
+        )
+    print_table(
+        f"1. forward+backward of the ascent, {shape}, full precision, {dtype}",
+        [("configuration", 28), ("ms", 9), ("vs seed", 8), ("vs lean", 8), ("saved MiB", 9), ("grad err", 9)],
+        table,
+    )
+    print(
+        "   (grad err: all parameter gradients and dL/dx_0 against autograd (lean); detach changes them by design)"
+    )
+
+
+def step_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) -> None:
+    module = build(Row("fused"), shape, device, dtype)
+    x = torch.randn(shape.batch, shape.dim, device=device, dtype=dtype)
+    factor_all = module._frozen().factor_all
+    y = torch.empty(shape.batch, factor_all.shape[0], device=device, dtype=dtype)
 
     def gemms() -> torch.Tensor:
-        return torch.mm(torch.mm(x, frozen.factor_all.T, out=y), frozen.factor_all)
+        return torch.mm(torch.mm(x, factor_all.T, out=y), factor_all)
 
-    def eager_step() -> torch.Tensor:
-        return module._step(x, eta, frozen)
-
-    compiled_step = torch.compile(module._step)
+    rows = [("two GEMMs alone", gemms), ("fused ascent, per step", lambda: module(x))]
+    if compile_rows:
+        compiled = torch.compile(module)
+        rows.append(("fused ascent compiled, per step", lambda: compiled(x)))
     with torch.no_grad():
-        floor = median_seconds(gemms, device, args.repeats * 5)
-        eager = median_seconds(eager_step, device, args.repeats * 5)
-        compiled = median_seconds(lambda: compiled_step(x, eta, frozen), device, args.repeats * 5)
-    return [("two GEMMs alone", floor), ("step, eager", eager), ("step, compiled", compiled)]
+        floor = median_seconds(gemms, device, repeats * 5)
+        table = []
+        for name, fn in rows:
+            per_step = median_seconds(fn, device, repeats * 5) / (1 if fn is gemms else shape.steps)
+            table.append([name, f"{1e3 * per_step:.3f}", f"{per_step / floor:.2f}x"])
+    flops = 2 * 2 * shape.batch * shape.dim * factor_all.shape[0]
+    print_table(
+        f"2. one forward step (no grad) against its GEMM floor, {shape}, K*R={factor_all.shape[0]}; "
+        f"floor {flops / floor / 1e9:.1f} GFLOP/s",
+        [("what", 32), ("ms", 9), ("x floor", 8)],
+        table,
+    )
+
+
+def growth_shapes(base: Shape) -> list[Shape]:
+    """The reference shape, then B x4, K x4, D x4 and T x2 one at a time (B=1024, K=128, D=256, T=20 by default)."""
+    b, d, k, t = base.batch, base.dim, base.components, base.steps
+    return [base, Shape(4 * b, d, k, t), Shape(b, d, 4 * k, t), Shape(b, 4 * d, k, t), Shape(b, d, k, 2 * t)]
+
+
+def growth_table(base: Shape, device, dtype, repeats: int, plot: str | None) -> None:
+    table, measured = [], []
+    for shape in growth_shapes(base):
+        fused = measure(Row("fused"), shape, device, dtype, repeats, memory=False)
+        lean = measure(Row("lean", "autograd"), shape, device, dtype, repeats, memory=False)
+        measured.append((shape, fused["seconds"], lean["seconds"]))
+        flops = (
+            2 * 2 * shape.batch * shape.dim * shape.components * shape.dim * shape.steps * 3
+        )  # fwd + ~2x bwd
+        table.append(
+            [
+                str(shape),
+                f"{1e3 * fused['seconds']:.1f}",
+                f"{1e3 * lean['seconds']:.1f}",
+                f"{lean['seconds'] / fused['seconds']:.2f}x",
+                f"{flops / fused['seconds'] / 1e9:.1f}",
+            ]
+        )
+    print_table(
+        f"3. how the cost grows (forward+backward, full precision, {dtype})",
+        [("shape", 30), ("fused ms", 9), ("lean ms", 9), ("speed-up", 8), ("GEMM GFLOP/s", 12)],
+        table,
+    )
+    if plot:
+        draw_growth(measured, plot)
+        print(f"   plot: {plot}")
+
+
+def draw_growth(measured: list[tuple[Shape, float, float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = measured[0]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    labels = ["reference"] + [
+        next(
+            f"{k}x{getattr(s, k) // getattr(base[0], k)}"
+            for k in ("batch", "components", "dim", "steps")
+            if getattr(s, k) != getattr(base[0], k)
+        )
+        for s, _, _ in measured[1:]
+    ]
+    positions = range(len(measured))
+    ax.bar([p - 0.2 for p in positions], [1e3 * m[1] for m in measured], width=0.4, label="closed_form fused")
+    ax.bar([p + 0.2 for p in positions], [1e3 * m[2] for m in measured], width=0.4, label="autograd (lean)")
+    ax.set_xticks(
+        list(positions),
+        [
+            label.replace("components", "K").replace("batch", "B").replace("dim", "D").replace("steps", "T")
+            for label in labels
+        ],
+    )
+    ax.set_yscale("log")
+    ax.set_ylabel("forward+backward (ms, log)")
+    ax.set_title(f"cost growth from {base[0]}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -193,47 +357,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--no-growth", action="store_true", help="skip the growth table")
+    parser.add_argument("--plot", default=None, help="draw the growth table into this PNG")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-
-    print(
-        f"refinement benchmark: B={args.batch} D={args.dim} K={args.components} T={args.steps}, full precision, "
-        f"{args.dtype} on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
-    )
-    torch.manual_seed(1)
-    x0 = torch.randn(args.batch, args.dim, device=device, dtype=dtype)
-    weight = torch.randn(args.batch, args.dim, device=device)
-    configs = [c for c in CONFIGS if not (c.compiled and args.no_compile)]
-    results = [run_config(c, args, device, dtype, x0, weight) for c in configs]
-    reference = results[0]
-
-    header = f"{'configuration':<35} {'fwd+bwd ms':>10} {'speed-up':>8} {'saved MiB':>9} {'mem ratio':>9}"
-    header += f" {'grad rel.err':>12} {'grad cosine':>11}" + (" peak MiB" if device.type == "cuda" else "")
-    print(header)
-    print("-" * len(header))
-    for row in results:
-        if "error" in row:
-            print(f"{row['config'].name:<35} does not run: {row['error']}")
-            continue
-        rel = (row["grads"] - reference["grads"]).norm() / reference["grads"].norm()
-        cos = torch.nn.functional.cosine_similarity(row["grads"], reference["grads"], dim=0)
-        line = (
-            f"{row['config'].name:<35} {1e3 * row['seconds']:>10.2f} {reference['seconds'] / row['seconds']:>7.2f}x "
-            f"{row['saved'] / 2**20:>9.2f} {row['saved'] / reference['saved']:>8.2f}x {rel:>12.2e} {cos:>11.4f}"
-        )
-        if row["peak"] is not None:
-            line += f" {row['peak'] / 2**20:>8.1f}"
-        print(line)
-    print("(grad: all parameter gradients and dL/dx_0, against the first row; detach changes them by design)")
-
-    if not args.no_compile:
-        rows = step_floor(args, device, dtype)
-        floor = rows[0][1]
-        print(
-            f"\none forward step (no grad) against its two-GEMM floor, B={args.batch}, K*R={args.components * args.dim}"
-        )
-        for name, seconds in rows:
-            print(f"{name:<20} {1e3 * seconds:>8.3f} ms  {seconds / floor:>5.2f}x floor")
+    shape = Shape(args.batch, args.dim, args.components, args.steps)
+    print(f"refinement benchmark on {device}: {machine(device)}")
+    training_table(shape, device, dtype, args.repeats, not args.no_compile)
+    step_table(shape, device, dtype, args.repeats, not args.no_compile)
+    if not args.no_growth:
+        growth_table(shape, device, dtype, args.repeats, args.plot)
 
 
 if __name__ == "__main__":

@@ -5,38 +5,38 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # each test takes more than ~2 s
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_refinement_benchmark_runs_and_prints_every_row():
+def test_refinement_benchmark_prints_its_three_tables_and_the_plot(tmp_path):
+    plot = tmp_path / "growth.png"
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "refinement.py"),
-            "--batch",
-            "8",
-            "--dim",
-            "4",
-            "--components",
-            "3",
-            "--steps",
-            "2",
-            "--repeats",
-            "1",
+            *("--batch", "8", "--dim", "4", "--components", "3", "--steps", "2", "--repeats", "1"),
             "--no-compile",
+            *("--plot", str(plot)),
         ],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    rows = [line for line in result.stdout.splitlines() if line.startswith(("autograd ", "closed_form "))]
-    assert len(rows) == 6, result.stdout
-    # the reference row compares with itself: zero gradient error, ratio 1
-    assert rows[0].split()[-2:] == ["0.00e+00", "1.0000"]
+    out = result.stdout
+    assert out.startswith("refinement benchmark on cpu: ") and f"torch {torch.__version__}" in out
+    for title in ("1. forward+backward", "2. one forward step", "3. how the cost grows"):
+        assert title in out
+    lean = next(line for line in out.splitlines() if line.startswith("autograd (lean) "))
+    assert lean.split()[-4:-3] == ["1.00x"] and lean.split()[-1] == "0.0e+00"  # compared with itself
+    fused = next(line for line in out.splitlines() if line.startswith("closed_form fused "))
+    assert float(fused.split()[-1]) < 1e-5  # exact gradients
+    assert len([line for line in out.splitlines() if line.startswith("B=")]) == 5
+    assert plot.stat().st_size > 1000
 
 
 def test_lightning_overhead_benchmark_runs():

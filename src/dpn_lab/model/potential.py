@@ -82,26 +82,67 @@ def _projections(
     return q, y_diag, y_factor
 
 
+def _closed_form_forward(x, mu, c, diag, factor_all, factor_offset, rank):
+    """grad phi(x) = -sum_i r_i A_i^T y_i (B x D), the responsibilities r (B x K) and y_factor (B x K x R)."""
+    q, y_diag, y_factor = _projections(x, mu, diag, factor_all, factor_offset, rank)
+    r = torch.softmax(c - 0.5 * q, dim=-1)
+    grad = torch.zeros_like(x)
+    if y_diag is not None:
+        grad = grad - torch.einsum("bk,bkd->bd", r, diag * y_diag)
+    if y_factor is not None:
+        grad = grad - (r.unsqueeze(-1) * y_factor).flatten(1) @ factor_all  # GEMM 2
+    return grad, r, y_factor
+
+
+def _closed_form_backward(G, x, mu, diag, factor_all, factor_offset, r, y_factor, rank):
+    """With G = dL/d(grad phi(x)): (dx, dmu, dc, d diag, dF, d(F mu)); y_factor None recomputes it.
+
+    dr_i = -<A_i G, y_i>,   dl_i = r_i (dr_i - sum_j r_j dr_j)       (softmax),   dc_i = sum_b dl_i
+    dy_i = -r_i A_i G - dl_i y_i                                     (q_i = ||y_i||^2 enters as -q_i/2)
+    dx = sum_i A_i^T dy_i;   factor: dF_i = sum_b (dy_i x^T - r_i y_i G^T),  d(F_i mu_i) = -sum_b dy_i
+    diagonal: da_i = sum_b (dy_i (x - mu_i) - r_i y_i G),  dmu_i = -sum_b a_i dy_i
+    """
+    dr = torch.zeros_like(r)
+    if diag is not None:
+        diff = x.unsqueeze(1) - mu  # elementwise: always recomputed, never stored
+        y_diag, aG = diag * diff, diag * G.unsqueeze(1)
+        dr = dr - torch.linalg.vecdot(aG, y_diag)
+    if factor_all is not None:
+        if y_factor is None:
+            y_factor = torch.addmm(factor_offset, x, factor_all.T, beta=-1).view(x.shape[0], -1, rank)
+        FG = (G @ factor_all.T).view_as(y_factor)
+        dr = dr - torch.linalg.vecdot(FG, y_factor)
+    dl = r * (dr - (r * dr).sum(-1, keepdim=True))
+    r3, dl3 = r.unsqueeze(-1), dl.unsqueeze(-1)
+    dx = torch.zeros_like(x)
+    dmu = ddiag = dF = db = None
+    # aG and FG are fresh buffers: they become -dy in place (fewer B x K x R allocations and passes).
+    if diag is not None:
+        dy = aG.mul_(r3).addcmul_(dl3, y_diag).neg_()
+        ddiff = diag * dy
+        dx = dx + ddiff.sum(1)
+        dmu = -ddiff.sum(0)
+        ddiag = (dy * diff - r3 * y_diag * G.unsqueeze(1)).sum(0)
+        ddiag = ddiag.sum(-1, keepdim=True) if diag.shape[-1] == 1 else ddiag
+    if factor_all is not None:
+        neg_dy = FG.mul_(r3).addcmul_(dl3, y_factor).flatten(1)
+        dx = dx - neg_dy @ factor_all
+        dF = torch.addmm(neg_dy.T @ x, (r3 * y_factor).flatten(1).T, G).neg_()
+        db = neg_dy.sum(0)
+    return dx, dmu, dl.sum(0), ddiag, dF, db
+
+
 class _ClosedFormGradient(torch.autograd.Function):
-    """grad phi(x) = -sum_i r_i A_i^T y_i with y_i = A_i (x - mu_i), and its backward written out.
+    """One step's grad phi(x) and its backward written out (_closed_form_backward has the formulas).
 
     Autograd over the forward would save several B x K x R tensors per step; this saves x, r and y (or
-    only x and r with `recompute`, redoing GEMM 1 in backward). With G = dL/d(grad):
-        dr_i = -<A_i G, y_i>,   dl_i = r_i (dr_i - sum_j r_j dr_j)       (softmax),   dc_i = sum_b dl_i
-        dy_i = -r_i A_i G - dl_i y_i                                     (q_i = ||y_i||^2 enters as -q_i/2)
-        dx = sum_i A_i^T dy_i;   factor: dF_i = sum_b (dy_i x^T - r_i y_i G^T),  d(F_i mu_i) = -sum_b dy_i
-        diagonal: da_i = sum_b (dy_i (x - mu_i) - r_i y_i G),  dmu_i = -sum_b a_i dy_i
+    only x and r with `recompute`, redoing GEMM 1 in backward). Used by grad_mode=detach and under Langevin
+    noise; the plain unrolled ascent runs as one _FusedAscent.
     """
 
     @staticmethod
     def forward(ctx, x, mu, c, diag, factor_all, factor_offset, rank: int, recompute: bool):
-        q, y_diag, y_factor = _projections(x, mu, diag, factor_all, factor_offset, rank)
-        r = torch.softmax(c - 0.5 * q, dim=-1)
-        grad = torch.zeros_like(x)
-        if y_diag is not None:
-            grad = grad - torch.einsum("bk,bkd->bd", r, diag * y_diag)
-        if y_factor is not None:
-            grad = grad - (r.unsqueeze(-1) * y_factor).flatten(1) @ factor_all  # GEMM 2
+        grad, r, y_factor = _closed_form_forward(x, mu, c, diag, factor_all, factor_offset, rank)
         ctx.rank = rank
         ctx.save_for_backward(x, mu, diag, factor_all, factor_offset, r, None if recompute else y_factor)
         return grad
@@ -110,34 +151,92 @@ class _ClosedFormGradient(torch.autograd.Function):
     @once_differentiable  # first derivatives only: a second backward raises instead of being silently wrong
     def backward(ctx, G):
         x, mu, diag, factor_all, factor_offset, r, y_factor = ctx.saved_tensors
-        dr = torch.zeros_like(r)
-        if diag is not None:
-            diff = x.unsqueeze(1) - mu  # elementwise: always recomputed, never stored
-            y_diag, aG = diag * diff, diag * G.unsqueeze(1)
-            dr = dr - torch.linalg.vecdot(aG, y_diag)
-        if factor_all is not None:
-            if y_factor is None:
-                y_factor = torch.addmm(factor_offset, x, factor_all.T, beta=-1).view(x.shape[0], -1, ctx.rank)
-            FG = (G @ factor_all.T).view_as(y_factor)
-            dr = dr - torch.linalg.vecdot(FG, y_factor)
-        dl = r * (dr - (r * dr).sum(-1, keepdim=True))
-        r3, dl3 = r.unsqueeze(-1), dl.unsqueeze(-1)
-        dx = torch.zeros_like(x)
-        dmu = ddiag = dF = db = None
-        # aG and FG are fresh buffers: they become -dy in place (fewer B x K x R allocations and passes).
-        if diag is not None:
-            dy = aG.mul_(r3).addcmul_(dl3, y_diag).neg_()
-            ddiff = diag * dy
-            dx = dx + ddiff.sum(1)
-            dmu = -ddiff.sum(0)
-            ddiag = (dy * diff - r3 * y_diag * G.unsqueeze(1)).sum(0)
-            ddiag = ddiag.sum(-1, keepdim=True) if diag.shape[-1] == 1 else ddiag
-        if factor_all is not None:
-            neg_dy = FG.mul_(r3).addcmul_(dl3, y_factor).flatten(1)
-            dx = dx - neg_dy @ factor_all
-            dF = torch.addmm(neg_dy.T @ x, (r3 * y_factor).flatten(1).T, G).neg_()
-            db = neg_dy.sum(0)
-        return dx, dmu, dl.sum(0), ddiag, dF, db, None, None
+        grads = _closed_form_backward(G, x, mu, diag, factor_all, factor_offset, r, y_factor, ctx.rank)
+        return *grads, None, None
+
+
+def _cache_tile(n_rows: int, row_bytes: int, device: torch.device) -> int:
+    """Rows per tile so that a tile's B_t x (K*R + K*D) intermediates fill at most half of one core's L2
+    cache (they are then read back from L2, not memory, by the GEMMs and passes of a step); at least 32
+    rows (smaller GEMMs lose more than the cache gains) and never more than the batch. GPUs: the whole batch.
+    """
+    if device.type != "cpu":
+        return n_rows
+    return max(32, min(n_rows, L2_CACHE_BYTES // 2 // max(row_bytes, 1)))
+
+
+def _l2_cache_bytes() -> int:
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index2/size").read().strip()
+        return int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]]
+    except (OSError, ValueError, KeyError):
+        return 2**20
+
+
+L2_CACHE_BYTES = _l2_cache_bytes()
+
+
+class _FusedAscent(torch.autograd.Function):
+    """The whole unrolled ascent x_{t+1} = x_t + eta_t grad phi(x_t), t < T, as one autograd node.
+
+    Rows are independent, so the batch runs in cache-sized tiles (_cache_tile), each through all T steps.
+    Saved: the states x_0..x_T, the steps' gradients g_t and responsibilities r_t, O(T B (D + K)); y_t is
+    recomputed in backward (one GEMM per step). Backward runs the steps in reverse, with a_t = dL/dx_t:
+        a_t = (direct dL/dx_t) + a_{t+1} + J_t^T (eta_t a_{t+1}),   dL/d eta_t = <a_{t+1}, g_t>,
+    J_t^T G and the parameters' gradients from _closed_form_backward, summed over steps and tiles.
+    Returns the stacked states ((T+1) x B x D).
+    """
+
+    @staticmethod
+    def forward(ctx, x0, etas, mu, c, diag, factor_all, factor_offset, rank: int):
+        T, (B, D), K = etas.shape[0], x0.shape, mu.shape[0]
+        states = x0.new_empty(T + 1, B, D)
+        grads, resp = x0.new_empty(T, B, D), x0.new_empty(T, B, K)
+        states[0] = x0
+        row_bytes = x0.element_size() * K * (rank + (D if diag is not None else 0))
+        tile = _cache_tile(B, row_bytes, x0.device)
+        for lo in range(0, B, tile):
+            rows = slice(lo, min(lo + tile, B))
+            for t in range(T):
+                grad, r, _ = _closed_form_forward(
+                    states[t, rows], mu, c, diag, factor_all, factor_offset, rank
+                )
+                grads[t, rows], resp[t, rows] = grad, r
+                torch.addcmul(states[t, rows], etas[t], grad, out=states[t + 1, rows])
+        ctx.rank, ctx.tile = rank, tile
+        ctx.save_for_backward(states, grads, resp, etas, mu, diag, factor_all, factor_offset)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_states):
+        states, grads, resp, etas, mu, diag, factor_all, factor_offset = ctx.saved_tensors
+        T, B = etas.shape[0], states.shape[1]
+        dx0, d_etas = torch.empty_like(states[0]), torch.zeros_like(etas)
+        totals: list[Tensor | None] = [None] * 5  # mu, c, diag, F, F mu
+        for lo in range(0, B, ctx.tile):
+            rows = slice(lo, min(lo + ctx.tile, B))
+            a = d_states[T, rows].clone()
+            for t in reversed(range(T)):
+                d_etas[t] += torch.dot(a.flatten(), grads[t, rows].flatten())
+                dx, *parts = _closed_form_backward(
+                    etas[t] * a,
+                    states[t, rows],
+                    mu,
+                    diag,
+                    factor_all,
+                    factor_offset,
+                    resp[t, rows],
+                    None,
+                    ctx.rank,
+                )
+                a.add_(dx).add_(d_states[t, rows])
+                totals = [
+                    p if s is None else (s if p is None else s + p)
+                    for s, p in zip(totals, parts, strict=True)
+                ]
+            dx0[rows] = a
+        return dx0, d_etas, *totals, None
 
 
 @dataclass(frozen=True)
@@ -360,7 +459,19 @@ class DenoisingPotential(nn.Module):
         f = self._frozen()
         etas = self.step_sizes()
         states = [x]
-        if not self.active:
+        if not self.active or self.n_steps == 0:
+            return states
+        fused = (
+            self.gradient_impl == "closed_form"
+            and self.grad_mode == "unrolled"
+            and not (self.training and self.langevin_temperature > 0)
+        )
+        if fused:  # one autograd node for all T steps (it always recomputes y: checkpoint_steps is implied)
+            stacked = _FusedAscent.apply(
+                x, etas[: self.n_steps], f.mu, f.c, f.diag, f.factor_all, f.factor_offset, f.rank
+            )
+            states = list(stacked.unbind(0))
+            self._raise_if_not_finite(states, etas)
             return states
         # The closed form checkpoints inside its own backward (it recomputes only y); autograd needs the
         # generic per-step checkpoint.
