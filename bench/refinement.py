@@ -104,25 +104,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(
-    fn: Callable[[], object], device: torch.device, repeats: int, budget: float = 3.0
-) -> float:
-    """Median over `repeats` runs after a warm-up, fewer when one run is long (at most ~budget seconds)."""
-    for _ in range(2):
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin (one run of each per round) so that the machine's
+    slow spells (a shared VM's neighbours) hit every row alike; fewer rounds when a round is long (~10 s)."""
+    for fn in fns.values():
+        fn()
         fn()
     synchronize(device)
     start = time.perf_counter()
-    fn()
-    synchronize(device)
-    once = time.perf_counter() - start
-    times = []
-    for _ in range(max(3, min(repeats, int(budget / max(once, 1e-6))))):
-        synchronize(device)
-        start = time.perf_counter()
+    for fn in fns.values():
         fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    synchronize(device)
+    rounds = max(3, min(repeats, int(10.0 / max(time.perf_counter() - start, 1e-6))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def saved_activation_bytes(
@@ -167,40 +171,52 @@ def build(row: Row, shape: Shape, device: torch.device, dtype: torch.dtype) -> D
     return module.to(device, dtype)
 
 
-def measure(row: Row, shape: Shape, device, dtype, repeats: int, memory: bool = True) -> dict:
+def prepare(row: Row, shape: Shape, device, dtype) -> dict:
+    """{step: one forward+backward, finish(memory) -> saved bytes and gradients} or {error}."""
     module = build(row, shape, device, dtype)
     layer = SeedLayer(module) if row.seed else module
     forward = torch.compile(layer) if row.compiled else layer
     torch.manual_seed(1)
-    x0 = torch.randn(shape.batch, shape.dim, device=device, dtype=dtype)
+    x = torch.randn(shape.batch, shape.dim, device=device, dtype=dtype).requires_grad_(True)
     weight = torch.randn(shape.batch, shape.dim, device=device)
-    x = x0.clone().requires_grad_(True)
 
-    def train_step() -> torch.Tensor:
+    def step() -> torch.Tensor:
         module.zero_grad(set_to_none=True)
         x.grad = None
         out = forward(x)
         (out.float() * weight).sum().backward()
         return out
 
+    def finish(memory: bool) -> dict:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        saved = 0
+        if memory:
+            out, saved = saved_activation_bytes(lambda: forward(x), list(module.parameters()))
+        else:
+            out = forward(x)
+        (out.float() * weight).sum().backward()
+        tensors = [*module.parameters(), x]
+        grads = [(t.grad if t.grad is not None else torch.zeros_like(t)).flatten().float() for t in tensors]
+        return {"saved": saved, "grads": torch.cat(grads)}
+
     try:
-        train_step()  # compile (if any) before timing
+        step()  # compile (if any) before timing
     except Exception as error:  # noqa: BLE001 - a benchmark reports what does not run
         return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:60]}"}
-    seconds = median_seconds(train_step, device, repeats)
-    module.zero_grad(set_to_none=True)
-    x.grad = None
-    saved = 0
-    if memory:
-        out, saved = saved_activation_bytes(lambda: forward(x), list(module.parameters()))
-    else:
-        out = forward(x)
-    (out.float() * weight).sum().backward()
-    grads = [p.grad for p in module.parameters()] + [x.grad]
-    flat = torch.cat(
-        [(g if g is not None else torch.zeros(1, device=device)).flatten().float() for g in grads]
-    )
-    return {"seconds": seconds, "saved": saved, "grads": flat}
+    return {"step": step, "finish": finish}
+
+
+def measure(
+    rows: list[Row], shape: Shape, device, dtype, repeats: int, memory: bool = True
+) -> dict[str, dict]:
+    prepared = {row.name: prepare(row, shape, device, dtype) for row in rows}
+    runnable = {name: p["step"] for name, p in prepared.items() if "step" in p}
+    seconds = interleaved_medians(runnable, device, repeats)
+    return {
+        name: p if "error" in p else {"seconds": seconds[name], **p["finish"](memory)}
+        for name, p in prepared.items()
+    }
 
 
 def print_table(title: str, columns: list[tuple[str, int]], rows: list[list[str]]) -> None:
@@ -220,7 +236,7 @@ def print_table(title: str, columns: list[tuple[str, int]], rows: list[list[str]
 
 def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) -> None:
     rows = [r for r in ROWS if compile_rows or not r.compiled]
-    results = {r.name: measure(r, shape, device, dtype, repeats) for r in rows}
+    results = measure(rows, shape, device, dtype, repeats)
     seed, lean = results["seed layer, literal"], results["autograd (lean)"]
     table = []
     for row in rows:
@@ -263,11 +279,12 @@ def step_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) ->
         compiled = torch.compile(module)
         rows.append(("fused ascent compiled, per step", lambda: compiled(x)))
     with torch.no_grad():
-        floor = median_seconds(gemms, device, repeats * 5)
-        table = []
-        for name, fn in rows:
-            per_step = median_seconds(fn, device, repeats * 5) / (1 if fn is gemms else shape.steps)
-            table.append([name, f"{1e3 * per_step:.3f}", f"{per_step / floor:.2f}x"])
+        seconds = interleaved_medians(dict(rows), device, repeats * 5)
+    floor = seconds["two GEMMs alone"]
+    table = []
+    for name, _ in rows:
+        per_step = seconds[name] / (1 if name == "two GEMMs alone" else shape.steps)
+        table.append([name, f"{1e3 * per_step:.3f}", f"{per_step / floor:.2f}x"])
     flops = 2 * 2 * shape.batch * shape.dim * factor_all.shape[0]
     print_table(
         f"2. one forward step (no grad) against its GEMM floor, {shape}, K*R={factor_all.shape[0]}; "
@@ -286,8 +303,8 @@ def growth_shapes(base: Shape) -> list[Shape]:
 def growth_table(base: Shape, device, dtype, repeats: int, plot: str | None) -> None:
     table, measured = [], []
     for shape in growth_shapes(base):
-        fused = measure(Row("fused"), shape, device, dtype, repeats, memory=False)
-        lean = measure(Row("lean", "autograd"), shape, device, dtype, repeats, memory=False)
+        both = measure([Row("fused"), Row("lean", "autograd")], shape, device, dtype, repeats, memory=False)
+        fused, lean = both["fused"], both["lean"]
         measured.append((shape, fused["seconds"], lean["seconds"]))
         flops = (
             2 * 2 * shape.batch * shape.dim * shape.components * shape.dim * shape.steps * 3

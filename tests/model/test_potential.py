@@ -8,7 +8,6 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from dpn_lab.model import potential as potential_module
 from dpn_lab.model.options import PRECISIONS
 from dpn_lab.model.potential import DenoisingPotential, NonFiniteRefinementError, PotentialConfig
 
@@ -297,16 +296,22 @@ def test_bad_arguments_are_named(kwargs, message):
         PotentialConfig(**{"feature_dim": D, "n_components": K, "precision": "full", **kwargs})
 
 
+@pytest.mark.parametrize("checkpoint_steps", [False, True])
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_fused_ascent_in_cache_tiles_equals_autograd_step_by_step(precision, monkeypatch):
-    """closed_form + unrolled runs all steps as one node over batch tiles; autograd builds every step's graph.
-    The loss reads every state (as step supervision does), so each state's own gradient enters too."""
-    monkeypatch.setattr(potential_module, "L2_CACHE_BYTES", 1)  # the smallest tiles: 32 rows, 4 of them here
-    x0 = torch.randn(100, D, dtype=torch.float64)
-    weights = torch.randn(5, 100, D, dtype=torch.float64)
+def test_the_fused_ascent_equals_autograd_step_by_step(precision, checkpoint_steps):
+    """closed_form + unrolled runs all steps as one node; autograd builds every step's graph. The loss reads
+    every state (as step supervision does), so each state's own gradient enters too."""
+    x0 = torch.randn(40, D, dtype=torch.float64)
+    weights = torch.randn(5, 40, D, dtype=torch.float64)
     results = []
     for gradient_impl in ("closed_form", "autograd"):
-        module = random_potential(precision, n_steps=4, gradient_impl=gradient_impl, step_size="per_step")
+        module = random_potential(
+            precision,
+            n_steps=4,
+            gradient_impl=gradient_impl,
+            step_size="per_step",
+            checkpoint_steps=checkpoint_steps,
+        )
         x = x0.clone().requires_grad_(True)
         states = module.refine(x)
         sum((s * w).sum() for s, w in zip(states, weights, strict=True)).backward()

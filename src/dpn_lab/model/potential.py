@@ -155,88 +155,103 @@ class _ClosedFormGradient(torch.autograd.Function):
         return *grads, None, None
 
 
-def _cache_tile(n_rows: int, row_bytes: int, device: torch.device) -> int:
-    """Rows per tile so that a tile's B_t x (K*R + K*D) intermediates fill at most half of one core's L2
-    cache (they are then read back from L2, not memory, by the GEMMs and passes of a step); at least 32
-    rows (smaller GEMMs lose more than the cache gains) and never more than the batch. GPUs: the whole batch.
-    """
-    if device.type != "cpu":
-        return n_rows
-    return max(32, min(n_rows, L2_CACHE_BYTES // 2 // max(row_bytes, 1)))
-
-
-def _l2_cache_bytes() -> int:
-    try:
-        text = open("/sys/devices/system/cpu/cpu0/cache/index2/size").read().strip()
-        return int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]]
-    except (OSError, ValueError, KeyError):
-        return 2**20
-
-
-L2_CACHE_BYTES = _l2_cache_bytes()
-
-
 class _FusedAscent(torch.autograd.Function):
-    """The whole unrolled ascent x_{t+1} = x_t + eta_t grad phi(x_t), t < T, as one autograd node.
+    """The whole unrolled ascent x_{t+1} = x_t + eta_t g_t, g_t = grad phi(x_t), t < T, as one autograd node.
 
-    Rows are independent, so the batch runs in cache-sized tiles (_cache_tile), each through all T steps.
-    Saved: the states x_0..x_T, the steps' gradients g_t and responsibilities r_t, O(T B (D + K)); y_t is
-    recomputed in backward (one GEMM per step). Backward runs the steps in reverse, with a_t = dL/dx_t:
-        a_t = (direct dL/dx_t) + a_{t+1} + J_t^T (eta_t a_{t+1}),   dL/d eta_t = <a_{t+1}, g_t>,
-    J_t^T G and the parameters' gradients from _closed_form_backward, summed over steps and tiles.
-    Returns the stacked states ((T+1) x B x D).
+    The forward writes every state, h_t = -g_t and responsibility into preallocated (T+1) x B x D, T x B x D
+    and T x B x K tensors; y_t is kept for backward (T x B x K*R), or, with `recompute` (checkpoint_steps,
+    and always without grad), one B x K*R buffer serves every step and backward redoes GEMM 1. Backward
+    runs the steps in reverse with a_t = dL/dx_t:
+        a_t = (direct dL/dx_t) + a_{t+1} + J_t^T G_t,   G_t = eta_t a_{t+1},   dL/d eta_t = <a_{t+1}, g_t>,
+    J_t^T G_t and the parameters' gradients as in _closed_form_backward, the factor's accumulated in place
+    (dF += -(dy_t^T x_t + (r y)_t^T G_t)). Returns the stacked states ((T+1) x B x D).
     """
 
     @staticmethod
-    def forward(ctx, x0, etas, mu, c, diag, factor_all, factor_offset, rank: int):
+    def forward(ctx, x0, etas, mu, c, diag, factor_all, factor_offset, rank: int, recompute: bool):
         T, (B, D), K = etas.shape[0], x0.shape, mu.shape[0]
-        states = x0.new_empty(T + 1, B, D)
-        grads, resp = x0.new_empty(T, B, D), x0.new_empty(T, B, K)
+        states, h, resp = x0.new_empty(T + 1, B, D), x0.new_empty(T, B, D), x0.new_empty(T, B, K)
         states[0] = x0
-        row_bytes = x0.element_size() * K * (rank + (D if diag is not None else 0))
-        tile = _cache_tile(B, row_bytes, x0.device)
-        for lo in range(0, B, tile):
-            rows = slice(lo, min(lo + tile, B))
-            for t in range(T):
-                grad, r, _ = _closed_form_forward(
-                    states[t, rows], mu, c, diag, factor_all, factor_offset, rank
-                )
-                grads[t, rows], resp[t, rows] = grad, r
-                torch.addcmul(states[t, rows], etas[t], grad, out=states[t + 1, rows])
-        ctx.rank, ctx.tile = rank, tile
-        ctx.save_for_backward(states, grads, resp, etas, mu, diag, factor_all, factor_offset)
+        factor = factor_all is not None
+        ys = x0.new_empty(1 if recompute else T, B, K * rank) if factor else None
+        # r * y: in place over y when y is not kept, else one reused buffer
+        ry = ys[0].view(B, K, rank) if factor and recompute else x0.new_empty(B, K, rank) if factor else None
+        for t in range(T):
+            x = states[t]
+            q = x.new_zeros(B, K)
+            if diag is not None:
+                y_diag = diag * (x.unsqueeze(1) - mu)
+                q += torch.linalg.vecdot(y_diag, y_diag)
+            if factor:
+                y = ys[0 if recompute else t]
+                y3 = torch.addmm(factor_offset, x, factor_all.T, beta=-1, out=y).view(B, K, rank)  # GEMM 1
+                q += torch.linalg.vecdot(y3, y3)
+            r = resp[t]
+            torch.add(c, q, alpha=-0.5, out=r)
+            r.copy_(r.softmax(dim=-1))
+            if factor:
+                torch.mm(torch.mul(y3, r.unsqueeze(-1), out=ry).view(B, -1), factor_all, out=h[t])  # GEMM 2
+            else:
+                h[t].zero_()
+            if diag is not None:
+                h[t] += torch.einsum("bk,bkd->bd", r, diag * y_diag)
+            torch.addcmul(x, etas[t], h[t], value=-1, out=states[t + 1])
+        ctx.rank = rank
+        kept = None if recompute else ys  # a recomputing backward writes its own buffer, never a saved tensor
+        ctx.save_for_backward(states, h, resp, kept, etas, mu, diag, factor_all, factor_offset)
         return states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_states):
-        states, grads, resp, etas, mu, diag, factor_all, factor_offset = ctx.saved_tensors
-        T, B = etas.shape[0], states.shape[1]
-        dx0, d_etas = torch.empty_like(states[0]), torch.zeros_like(etas)
-        totals: list[Tensor | None] = [None] * 5  # mu, c, diag, F, F mu
-        for lo in range(0, B, ctx.tile):
-            rows = slice(lo, min(lo + ctx.tile, B))
-            a = d_states[T, rows].clone()
-            for t in reversed(range(T)):
-                d_etas[t] += torch.dot(a.flatten(), grads[t, rows].flatten())
-                dx, *parts = _closed_form_backward(
-                    etas[t] * a,
-                    states[t, rows],
-                    mu,
-                    diag,
-                    factor_all,
-                    factor_offset,
-                    resp[t, rows],
-                    None,
-                    ctx.rank,
+        states, h, resp, ys, etas, mu, diag, factor_all, factor_offset = ctx.saved_tensors
+        T, B, D = states.shape
+        T, R, K = T - 1, ctx.rank, resp.shape[-1]
+        factor = factor_all is not None
+        d_etas, dc = torch.zeros_like(etas), torch.zeros(K, dtype=states.dtype, device=states.device)
+        dmu = ddiag = dF = db = None
+        if diag is not None:
+            dmu, ddiag = torch.zeros_like(mu), torch.zeros_like(diag)
+        if factor:
+            dF, db = torch.zeros_like(factor_all), torch.zeros_like(factor_offset)
+            FG, ry = states.new_empty(B, K * R), states.new_empty(B, K, R)
+            y_buffer = states.new_empty(B, K * R) if ys is None else None
+        a = d_states[T].clone()
+        for t in reversed(range(T)):
+            x, r, r3 = states[t], resp[t], resp[t].unsqueeze(-1)
+            d_etas[t] = -torch.dot(a.flatten(), h[t].flatten())
+            G = etas[t] * a
+            dr = torch.zeros_like(r)
+            if diag is not None:
+                diff = x.unsqueeze(1) - mu
+                y_diag, aG = diag * diff, diag * G.unsqueeze(1)
+                dr -= torch.linalg.vecdot(aG, y_diag)
+            if factor:
+                y = (
+                    ys[t]
+                    if ys is not None
+                    else torch.addmm(factor_offset, x, factor_all.T, beta=-1, out=y_buffer)
                 )
-                a.add_(dx).add_(d_states[t, rows])
-                totals = [
-                    p if s is None else (s if p is None else s + p)
-                    for s, p in zip(totals, parts, strict=True)
-                ]
-            dx0[rows] = a
-        return dx0, d_etas, *totals, None
+                y3, FG3 = y.view(B, K, R), torch.mm(G, factor_all.T, out=FG).view(B, K, R)
+                dr -= torch.linalg.vecdot(FG3, y3)
+            dl = r * (dr - (r * dr).sum(-1, keepdim=True))
+            dc += dl.sum(0)
+            dl3 = dl.unsqueeze(-1)
+            a += d_states[t]
+            if diag is not None:
+                dy = aG.mul_(r3).addcmul_(dl3, y_diag).neg_()
+                ddiff = diag * dy
+                a += ddiff.sum(1)
+                dmu -= ddiff.sum(0)
+                dd = (dy * diff - r3 * y_diag * G.unsqueeze(1)).sum(0)
+                ddiag += dd.sum(-1, keepdim=True) if diag.shape[-1] == 1 else dd
+            if factor:
+                neg_dy = FG3.mul_(r3).addcmul_(dl3, y3).view(B, -1)
+                db += neg_dy.sum(0)
+                dF.addmm_(neg_dy.T, x, alpha=-1)
+                dF.addmm_(torch.mul(y3, r3, out=ry).view(B, -1).T, G, alpha=-1)
+                a.addmm_(neg_dy, factor_all, alpha=-1)
+        return a, d_etas, dmu, dc, ddiag, dF, db, None, None
 
 
 @dataclass(frozen=True)
@@ -466,9 +481,17 @@ class DenoisingPotential(nn.Module):
             and self.grad_mode == "unrolled"
             and not (self.training and self.langevin_temperature > 0)
         )
-        if fused:  # one autograd node for all T steps (it always recomputes y: checkpoint_steps is implied)
+        if fused:  # one autograd node for all T steps
             stacked = _FusedAscent.apply(
-                x, etas[: self.n_steps], f.mu, f.c, f.diag, f.factor_all, f.factor_offset, f.rank
+                x,
+                etas[: self.n_steps],
+                f.mu,
+                f.c,
+                f.diag,
+                f.factor_all,
+                f.factor_offset,
+                f.rank,
+                self.checkpoint_steps or not torch.is_grad_enabled(),  # nothing to keep y for without grad
             )
             states = list(stacked.unbind(0))
             self._raise_if_not_finite(states, etas)
