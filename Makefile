@@ -27,8 +27,10 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 
 bench: install
-	$(BIN)/python bench/refinement.py
-	$(BIN)/python bench/lightning_overhead.py
+	$(BIN)/python bench/refinement.py --plot bench/refinement_cost.png
+	$(BIN)/python bench/lightning_overhead.py --extractor mlp --epochs 12
+	$(BIN)/python bench/lightning_overhead.py --extractor cnn --epochs 12
+	$(BIN)/python bench/throughput.py
 
 robustness: install
 	$(BIN)/python -m dpn_lab.train experiment=robustness_digits

@@ -284,12 +284,14 @@ def step_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) ->
     table = []
     for name, _ in rows:
         per_step = seconds[name] / (1 if name == "two GEMMs alone" else shape.steps)
-        table.append([name, f"{1e3 * per_step:.3f}", f"{per_step / floor:.2f}x"])
+        table.append(
+            [name, f"{1e3 * per_step:.3f}", f"{per_step / floor:.2f}x", f"{100 * floor / per_step:.0f}%"]
+        )
     flops = 2 * 2 * shape.batch * shape.dim * factor_all.shape[0]
     print_table(
         f"2. one forward step (no grad) against its GEMM floor, {shape}, K*R={factor_all.shape[0]}; "
         f"floor {flops / floor / 1e9:.1f} GFLOP/s",
-        [("what", 32), ("ms", 9), ("x floor", 8)],
+        [("what", 32), ("ms", 9), ("x floor", 8), ("of GEMM rate", 12)],
         table,
     )
 
@@ -372,12 +374,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "bf16", "float64"])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--no-growth", action="store_true", help="skip the growth table")
     parser.add_argument("--plot", default=None, help="draw the growth table into this PNG")
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = (
+        torch.device(args.device),
+        getattr(torch, {"bf16": "bfloat16"}.get(args.dtype, args.dtype)),
+    )
     shape = Shape(args.batch, args.dim, args.components, args.steps)
     print(f"refinement benchmark on {device}: {machine(device)}")
     training_table(shape, device, dtype, args.repeats, not args.no_compile)

@@ -32,14 +32,14 @@ def test_refinement_benchmark_prints_its_three_tables_and_the_plot(tmp_path):
     for title in ("1. forward+backward", "2. one forward step", "3. how the cost grows"):
         assert title in out
     lean = next(line for line in out.splitlines() if line.startswith("autograd (lean) "))
-    assert lean.split()[-4:-3] == ["1.00x"] and lean.split()[-1] == "0.0e+00"  # compared with itself
+    assert lean.split()[-3] == "1.00x" and lean.split()[-1] == "0.0e+00"  # compared with itself
     fused = next(line for line in out.splitlines() if line.startswith("closed_form fused "))
     assert float(fused.split()[-1]) < 1e-5  # exact gradients
     assert len([line for line in out.splitlines() if line.startswith("B=")]) == 5
     assert plot.stat().st_size > 1000
 
 
-def test_lightning_overhead_benchmark_runs():
+def test_lightning_overhead_benchmark_prints_both_loops_and_their_ratio():
     result = subprocess.run(
         [
             sys.executable,
@@ -48,11 +48,34 @@ def test_lightning_overhead_benchmark_runs():
             "mlp",
             "--epochs",
             "2",
+            "--rounds",
+            "2",
         ],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
-    ratio = [line for line in result.stdout.splitlines() if line.startswith("ratio")]
-    assert len(ratio) == 1 and float(ratio[0].split()[1].rstrip("x")) > 0
+    rows = {
+        line.split()[0]: line.split()
+        for line in result.stdout.splitlines()
+        if line.startswith(("plain", "Lightning "))
+    }
+    assert rows["plain"][-1] == "1.000x" and float(rows["Lightning"][-1].rstrip("x")) > 0
+
+
+def test_throughput_benchmark_prints_images_per_second():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "throughput.py"),
+            *("--steps", "2", "--warmup", "1", "--batch-size", "16", "--configs", "digits", "cifar10"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("digits", "cifar10"))]
+    assert [r[:2] for r in rows] == [["digits", "1x8x8"], ["cifar10", "3x32x32"]]
+    assert all(float(r[2]) > 0 for r in rows)

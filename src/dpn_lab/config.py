@@ -107,6 +107,7 @@ MODEL_RULES: dict[str, Choice | Number] = {
     "model.center_update": Choice(CENTER_UPDATES),
     "model.center_momentum": Number(low=0, high=1, high_open=True),
     "model.init_step_limit": Number(low=0, low_open=True, nullable=True),
+    "model.compile": Choice((True, False)),
     "model.optimizer.lr": Number(low=0, low_open=True),
     "model.optimizer.weight_decay": Number(low=0),
     "model.scheduler.T_max": Number(integer=True, low=1),

@@ -1,5 +1,6 @@
 """DPNLitModule: the loss terms against their definition."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +74,22 @@ def test_center_tracking_moves_centers_toward_responsibility_weighted_means(monk
     before = module.net.potential.mu.detach().clone()
     module._track_centers(features)
     torch.testing.assert_close(module.net.potential.mu.detach(), 0.75 * before + 0.25 * target)
+
+
+@pytest.mark.slow  # compiling takes seconds
+def test_a_compiled_refinement_gives_the_same_loss_and_gradients_and_checkpoint_keys():
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        module = DPNLitModule(
+            [1, 8, 8], 10, extractor="mlp", n_steps=3, precision="lowrank", compile=compiled
+        )
+        images, labels = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+        loss, _, _ = module._loss_and_logits(images, labels)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in module.parameters()], list(module.state_dict())))
+    (loss, grads, keys), (loss_c, grads_c, keys_c) = results
+    torch.testing.assert_close(loss_c, loss)
+    for grad, grad_c in zip(grads, grads_c, strict=True):
+        torch.testing.assert_close(grad_c, grad, rtol=1e-4, atol=1e-6)
+    assert keys_c == keys  # a compiled run's checkpoints load into an uncompiled model

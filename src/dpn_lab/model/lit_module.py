@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -70,6 +71,7 @@ class DPNLitModule(L.LightningModule):
         center_update: str = "none",
         center_momentum: float = 0.9,
         init_step_limit: float | None = 0.25,
+        compile: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         **potential: Any,
@@ -83,6 +85,8 @@ class DPNLitModule(L.LightningModule):
         backbone = build_extractor(extractor, tuple(input_shape), config.feature_dim, **extractor_kwargs)
         self.net = FullArchitecture(backbone, DenoisingPotential(config), n_classes)
         self.example_input_array = torch.zeros(1, *input_shape)  # the model summary counts FLOPs with it
+        if compile:  # the ascent only: an attribute over the method, so state_dict keys stay as they are
+            self.net.potential.refine = torch.compile(self.net.potential.refine)
         # micro: the fraction of correct predictions, what "accuracy" means in a results table
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(n_classes, average="micro") for _ in range(3)
@@ -97,6 +101,9 @@ class DPNLitModule(L.LightningModule):
         self._val_states: list[list[Tensor]] = []
         self._val_labels: list[Tensor] = []
         self._batch_features: Tensor | None = None
+        # train/loss summed on the device and logged as the mean of each log_every_n_steps window: one
+        # self.log per window (each call moves Lightning's metric state, ~0.7 ms on CPU), no host sync
+        self._loss_window: list[Tensor] = []
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -123,6 +130,10 @@ class DPNLitModule(L.LightningModule):
     def on_train_start(self) -> None:
         # sanity-check validation must not count towards the best accuracy
         self.val_acc_best.reset()
+        if self.device.type == "cpu":
+            # Lightning sets this at import so that probing CUDA never poisons a fork; then torch's optimizers
+            # probe NVML (a dlopen, ~0.1 ms) at every step. A CPU run uses no CUDA: the cached check serves.
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
     def _diverged(self, what: str) -> DivergenceError:
         hp = self.hparams
@@ -143,27 +154,39 @@ class DPNLitModule(L.LightningModule):
             )
             noisy = corrupt(images, hp.noise_pairs["kind"], hp.noise_pairs["severity"], generator)
             images, labels = torch.cat([images, noisy]), torch.cat([labels, labels])
-        try:
+        # one host sync per step, on the loss: a non-finite refinement makes it non-finite too, and is named then
+        with self.net.potential.finite_check_deferred():
             loss, logits, states = self._loss_and_logits(images, labels)
-        except NonFiniteRefinementError as error:
-            raise self._diverged(str(error).removeprefix("DenoisingPotential: ")) from None
         if hp.noise_pairs and hp.consistency_weight:
             refined, clean = states[-1][n_clean:], states[0][:n_clean].detach()
             loss = loss + hp.consistency_weight * consistency(refined, clean)
-        self.component_counts += component_label_counts(
-            self.net.potential, states[-1].detach(), labels, self.hparams.n_classes
-        )
+        every = self._trainer.log_every_n_steps if self._trainer is not None else 1
+        log_step = (self.global_step + 1) % every == 0  # when Lightning writes the loggers
+        if log_step or self.global_step < every:
+            # the components' label votes from every log_every_n_steps-th batch (and the first window): a
+            # majority vote needs no census, and the responsibilities pass costs ~5% of a small model's step
+            self.component_counts += component_label_counts(
+                self.net.potential, states[-1].detach(), labels, self.hparams.n_classes
+            )
         if hp.center_update == "ema":
             self._batch_features = states[0][:n_clean].detach()
         if not torch.isfinite(loss):
+            try:
+                self.net.potential.check_finite(states)
+            except NonFiniteRefinementError as error:
+                raise self._diverged(str(error).removeprefix("DenoisingPotential: ")) from None
             raise self._diverged(f"the loss is {loss.item()}")
         # update() rather than forward(): the per-batch accuracy would be computed and never logged
         self.train_acc.update(logits.detach(), labels)
-        self.log("train/loss", loss, prog_bar=True)
+        self._loss_window.append(loss.detach())
+        if log_step:
+            self.log("train/loss", torch.stack(self._loss_window).mean(), prog_bar=True)
+            self._loss_window.clear()
         return loss
 
     def on_train_epoch_start(self) -> None:
         self.component_counts.zero_()
+        self._loss_window.clear()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         potential = self.net.potential

@@ -334,6 +334,9 @@ class DenoisingPotential(nn.Module):
         self.checkpoint_steps, self.bound_step_size = config.checkpoint_steps, config.bound_step_size
         self.langevin_temperature = config.langevin_temperature
         self.active = True  # False skips the ascent (a warm-up of the extractor before the centers are set)
+        self._checks_finite = (
+            True  # False: the caller checks a downstream loss instead (finite_check_deferred)
+        )
 
         self.mu = nn.Parameter(torch.randn(n_components, dim))
         self.c = nn.Parameter(torch.zeros(n_components))
@@ -399,6 +402,16 @@ class DenoisingPotential(nn.Module):
         if self.bound_step_size:
             eta = eta / self.precision_eigenvalue_bound()
         return eta
+
+    @contextmanager
+    def finite_check_deferred(self) -> Iterator[None]:
+        """Inside the block refine() skips its host-side finiteness check: the caller checks something that a
+        non-finite state would spoil (the training loss) and calls check_finite(states) to name the step."""
+        self._checks_finite = False
+        try:
+            yield
+        finally:
+            self._checks_finite = True
 
     @contextmanager
     def using_steps(self, n_steps: int) -> Iterator[None]:
@@ -494,7 +507,8 @@ class DenoisingPotential(nn.Module):
                 self.checkpoint_steps or not torch.is_grad_enabled(),  # nothing to keep y for without grad
             )
             states = list(stacked.unbind(0))
-            self._raise_if_not_finite(states, etas)
+            if self._checks_finite:
+                self.check_finite(states)
             return states
         # The closed form checkpoints inside its own backward (it recomputes only y); autograd needs the
         # generic per-step checkpoint.
@@ -512,7 +526,8 @@ class DenoisingPotential(nn.Module):
             else:
                 x = self._step(x, etas[t], f)
             states.append(x)
-        self._raise_if_not_finite(states, etas)
+        if self._checks_finite:
+            self.check_finite(states)
         return states
 
     def forward(self, x: Tensor) -> Tensor:
@@ -520,7 +535,8 @@ class DenoisingPotential(nn.Module):
         return self.refine(x)[-1]
 
     @torch.compiler.disable  # a host-side check: compiled graphs end before it instead of breaking
-    def _raise_if_not_finite(self, states: list[Tensor], etas: Tensor) -> None:
+    def check_finite(self, states: list[Tensor]) -> None:
+        """NonFiniteRefinementError naming the first step whose state is not finite (one host sync)."""
         # One host sync for the whole ascent, not one per step.
         finite = torch.stack([torch.isfinite(s).all() for s in states])
         if bool(finite.all()):
@@ -531,7 +547,7 @@ class DenoisingPotential(nn.Module):
                 "DenoisingPotential: the input features are not finite before refinement; the feature "
                 "extractor diverged (lower the learning rate)"
             )
-        eta = etas[step - 1].item()
+        eta = self.step_sizes()[step - 1].item()
         bound = self.precision_eigenvalue_bound().item()
         raise NonFiniteRefinementError(
             f"DenoisingPotential: the state became non-finite at refinement step {step} of {self.n_steps} "
