@@ -8,8 +8,8 @@ mnist5k and cifar10 configs, on synthetic tensors of those shapes (nothing is do
 from __future__ import annotations
 
 import argparse
-import logging
 import functools
+import logging
 import os
 import time
 
