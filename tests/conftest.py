@@ -80,19 +80,36 @@ def write_cifar10_files(root: Path, per_batch: int = 40, n_test: int = 40) -> No
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(
-    module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """`python -m module args` as a user runs it, with outputs under cwd."""
+def cli_environment(cwd: Path, env: dict | None = None) -> dict:
     environment = {**os.environ, "DPN_LAB_ROOT": str(cwd), "WANDB_MODE": "offline", **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)
+    return environment
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None, **options
+) -> subprocess.CompletedProcess:
+    """`python -m module args` as a user runs it, with outputs under cwd (options go to subprocess.run,
+    e.g. stdout=<a file> or preexec_fn=...; stdout and stderr are captured unless given)."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        capture_output=True,
         text=True,
         timeout=timeout,
-        env=environment,
+        env=cli_environment(cwd, env),
+        **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **options},
+    )
+
+
+def start_cli(*args: str, cwd: Path, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """`python -m dpn_lab.train args` started in the background (for signals), stderr captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpn_lab.train", *args],
+        cwd=cwd,
+        env=cli_environment(cwd),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -6,31 +6,17 @@ import re
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, start_cli
 from dpn_lab.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
 FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "DPN_LAB_ROOT": str(cwd), "WANDB_MODE": "offline"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "dpn_lab.train", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_for_first_checkpoint(cwd: Path) -> Path:
@@ -54,7 +40,7 @@ def interrupt_mid_run(process: subprocess.Popen, cwd: Path, signum: int) -> tupl
 
 
 def test_ctrl_c_saves_a_mid_epoch_checkpoint_and_exits_130(tmp_path):
-    process = start("trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    process = start_cli("trainer.max_epochs=200", *FAST, cwd=tmp_path)
     last, signalled, _, stderr = interrupt_mid_run(process, tmp_path, signal.SIGINT)
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
@@ -70,7 +56,7 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_and_exits_130(tmp_path):
 
 
 def test_sigterm_to_rank_0_under_ddp_stops_every_rank_with_a_checkpoint(tmp_path):
-    process = start("trainer=ddp_sim", "trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    process = start_cli("trainer=ddp_sim", "trainer.max_epochs=200", *FAST, cwd=tmp_path)
     last, signalled, stdout, stderr = interrupt_mid_run(process, tmp_path, signal.SIGTERM)
     assert process.returncode == 143, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by SIGTERM: {last} is saved")
@@ -80,30 +66,16 @@ def test_sigterm_to_rank_0_under_ddp_stops_every_rank_with_a_checkpoint(tmp_path
     survivors = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in survivors
     # the CPU fallback is said once, and rank 1 does not repeat rank 0's log
-    assert (
-        len(
-            re.findall(
-                r"trainer.devices=2 without a GPU \(none requested\): 2 CPU processes", stderr + stdout
-            )
-        )
-        == 1
+    fallback = re.findall(
+        r"trainer.devices=2 without a GPU \(none requested\): 2 CPU processes", stderr + stdout
     )
+    assert len(fallback) == 1
     assert (stdout + stderr).count("Instantiating data") == 1
 
 
 def test_an_unwritable_stdout_and_an_ascii_terminal_do_not_lose_the_run(tmp_path):
     with open("/dev/full", "w") as full:
-        env = {**os.environ, "DPN_LAB_ROOT": str(tmp_path)}
-        env.pop("HYDRA_FULL_ERROR", None)
-        result = subprocess.run(
-            [sys.executable, "-m", "dpn_lab.train", "trainer.max_epochs=1", *FAST],
-            cwd=tmp_path,
-            env=env,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=300,
-        )
+        result = run_cli("dpn_lab.train", "trainer.max_epochs=1", *FAST, cwd=tmp_path, stdout=full)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: OSError: standard output could not be written (No space left on device); "
@@ -146,17 +118,7 @@ def test_a_full_disk_mid_run_is_one_line(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-    env = {**os.environ, "DPN_LAB_ROOT": str(tmp_path)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "dpn_lab.train", "trainer.max_epochs=2", *FAST],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=small_files,
-    )
+    result = run_cli("dpn_lab.train", "trainer.max_epochs=2", *FAST, cwd=tmp_path, preexec_fn=small_files)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: OSError: [Errno 27] File too large")
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()

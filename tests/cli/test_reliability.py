@@ -4,14 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, start_cli
 from dpn_lab.checkpoints import read_checkpoint
 
 FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
@@ -21,18 +20,6 @@ def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "DPN_LAB_ROOT": str(cwd), "WANDB_MODE": "offline"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "dpn_lab.train", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     args = ["seed=3", "trainer.deterministic=true", "trainer.max_epochs=10", *FAST]
@@ -40,7 +27,7 @@ def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_
     whole.mkdir(), killed.mkdir()
     assert run_cli("dpn_lab.train", *args, cwd=whole).returncode == 0
 
-    process = start_cli(*args, cwd=killed)
+    process = start_cli(*args, cwd=killed, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait for a checkpoint of epoch >= 2, then SIGKILL
         found = list((killed / "outputs").glob("train/runs/*/checkpoints/last.ckpt"))
@@ -160,7 +147,7 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
-    process = start_cli("trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    process = start_cli("trainer.max_epochs=200", *FAST, cwd=tmp_path, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(
         (tmp_path / "outputs").glob("train/runs/*/checkpoints/last.ckpt")
