@@ -37,6 +37,7 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
         env={"WANDB_MODE": "offline"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "wandb:" not in result.stdout + result.stderr  # no banner, no server lines, no anonymous warning
     (offline,) = (tmp_path / "outputs" / "train" / "runs").glob("*/wandb/offline-run-*")
     summary = inspect(offline, summary=True)
     assert summary["state"] == "finished" and summary["project"] == "dpn_lab"

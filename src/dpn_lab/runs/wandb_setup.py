@@ -8,6 +8,16 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
+
+
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, minus the `anonymous` argument it always passes to wandb.init: wandb warns on
+    every run that the setting has no effect, a line nobody can act on."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._wandb_init.pop("anonymous", None)
 
 
 def name_runs_by_sweep(cfg: DictConfig) -> None:
