@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 from dpn_lab.data.corruption import corrupt
@@ -207,7 +208,7 @@ def evaluate_and_report(
     }
     (directory / "robustness.json").write_text(json.dumps(meta, indent=1))
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.log_table(
                 key="robustness/table", columns=list(COLUMNS), data=[[r[c] for c in COLUMNS] for r in rows]
             )
