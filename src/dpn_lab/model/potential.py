@@ -163,8 +163,8 @@ class _FusedAscent(torch.autograd.Function):
     and always without grad), one B x K*R buffer serves every step and backward redoes GEMM 1. Backward
     runs the steps in reverse with a_t = dL/dx_t:
         a_t = (direct dL/dx_t) + a_{t+1} + J_t^T G_t,   G_t = eta_t a_{t+1},   dL/d eta_t = <a_{t+1}, g_t>,
-    J_t^T G_t and the parameters' gradients as in _closed_form_backward, the factor's accumulated in place
-    (dF += -(dy_t^T x_t + (r y)_t^T G_t)). Returns the stacked states ((T+1) x B x D).
+    J_t^T G_t and the step's parameter gradients from _closed_form_backward, summed over the steps.
+    Returns the stacked states ((T+1) x B x D).
     """
 
     @staticmethod
@@ -205,53 +205,19 @@ class _FusedAscent(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_states):
         states, h, resp, ys, etas, mu, diag, factor_all, factor_offset = ctx.saved_tensors
-        T, B, D = states.shape
-        T, R, K = T - 1, ctx.rank, resp.shape[-1]
-        factor = factor_all is not None
-        d_etas, dc = torch.zeros_like(etas), torch.zeros(K, dtype=states.dtype, device=states.device)
-        dmu = ddiag = dF = db = None
-        if diag is not None:
-            dmu, ddiag = torch.zeros_like(mu), torch.zeros_like(diag)
-        if factor:
-            dF, db = torch.zeros_like(factor_all), torch.zeros_like(factor_offset)
-            FG, ry = states.new_empty(B, K * R), states.new_empty(B, K, R)
-            y_buffer = states.new_empty(B, K * R) if ys is None else None
+        T, B, R = len(etas), states.shape[1], ctx.rank
+        d_etas = torch.zeros_like(etas)
+        totals: list[Tensor | None] = [None] * 5  # mu, c, diag, F, F mu: summed over the steps
         a = d_states[T].clone()
         for t in reversed(range(T)):
-            x, r, r3 = states[t], resp[t], resp[t].unsqueeze(-1)
             d_etas[t] = -torch.dot(a.flatten(), h[t].flatten())
-            G = etas[t] * a
-            dr = torch.zeros_like(r)
-            if diag is not None:
-                diff = x.unsqueeze(1) - mu
-                y_diag, aG = diag * diff, diag * G.unsqueeze(1)
-                dr -= torch.linalg.vecdot(aG, y_diag)
-            if factor:
-                y = (
-                    ys[t]
-                    if ys is not None
-                    else torch.addmm(factor_offset, x, factor_all.T, beta=-1, out=y_buffer)
-                )
-                y3, FG3 = y.view(B, K, R), torch.mm(G, factor_all.T, out=FG).view(B, K, R)
-                dr -= torch.linalg.vecdot(FG3, y3)
-            dl = r * (dr - (r * dr).sum(-1, keepdim=True))
-            dc += dl.sum(0)
-            dl3 = dl.unsqueeze(-1)
-            a += d_states[t]
-            if diag is not None:
-                dy = aG.mul_(r3).addcmul_(dl3, y_diag).neg_()
-                ddiff = diag * dy
-                a += ddiff.sum(1)
-                dmu -= ddiff.sum(0)
-                dd = (dy * diff - r3 * y_diag * G.unsqueeze(1)).sum(0)
-                ddiag += dd.sum(-1, keepdim=True) if diag.shape[-1] == 1 else dd
-            if factor:
-                neg_dy = FG3.mul_(r3).addcmul_(dl3, y3).view(B, -1)
-                db += neg_dy.sum(0)
-                dF.addmm_(neg_dy.T, x, alpha=-1)
-                dF.addmm_(torch.mul(y3, r3, out=ry).view(B, -1).T, G, alpha=-1)
-                a.addmm_(neg_dy, factor_all, alpha=-1)
-        return a, d_etas, dmu, dc, ddiag, dF, db, None, None
+            y = ys[t].view(B, -1, R) if ys is not None else None  # None: recomputed
+            dx, *parts = _closed_form_backward(
+                etas[t] * a, states[t], mu, diag, factor_all, factor_offset, resp[t], y, R
+            )
+            a.add_(dx).add_(d_states[t])
+            totals = [p if s is None else s.add_(p) for s, p in zip(totals, parts, strict=True)]
+        return a, d_etas, *totals, None, None
 
 
 @dataclass(frozen=True)
