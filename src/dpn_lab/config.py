@@ -253,6 +253,8 @@ def _check_extractor_kwargs(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.extractor_kwargs={kwargs!r} is not allowed: use a mapping, e.g. {{norm: batch}}"
         )
+    if not kwargs:
+        return
     from dpn_lab.model.extractors import extractor_arguments  # torch: only when arguments are given
 
     accepted = list(extractor_arguments(cfg.model.extractor))

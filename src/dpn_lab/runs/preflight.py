@@ -11,7 +11,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -216,7 +215,9 @@ def check_writable(path_text: object, key: str) -> Path:
     if not parent.is_dir():
         raise ConfigError(f"{key}={path_text} cannot be created: {parent} is a file, not a directory")
     try:
-        Path(tempfile.mkdtemp(prefix=".dpn_lab_write_test_", dir=parent)).rmdir()
+        probe = parent / f".dpn_lab_write_test_{os.getpid()}"  # one try (mkdtemp retries 10^4 names in /proc)
+        probe.mkdir()
+        probe.rmdir()
     except OSError as error:
         raise ConfigError(f"{key}={path_text} is not writable: {error.strerror} in {parent}") from None
     return path
