@@ -44,3 +44,12 @@ def test_zero_steps_trains_the_ablation(make_cfg):
     cfg = make_cfg(["trainer.max_epochs=2", "logger=none", "model.n_steps=0"])
     metrics, _ = train(cfg, Path(cfg.paths.output_dir))
     assert metrics["test/acc"] > 0.5 and metrics["test/potential_gain"] == 0
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_every_precision_allowed_on_cpu_trains(make_cfg, precision):
+    cfg = make_cfg(
+        ["debug=fdr", f"trainer.precision={precision}", "model.n_components=8", "model.init_samples=64"]
+    )
+    metrics, _ = train(cfg, Path(cfg.paths.output_dir))
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))

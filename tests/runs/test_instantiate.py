@@ -47,3 +47,12 @@ def test_a_group_builds_every_entry_with_a_target():
     )
     (built,) = instantiate_group(group, "callbacks")
     assert type(built).__name__ == "EarlyStopping" and built.patience == 2
+
+
+def test_a_model_that_cannot_read_its_data_is_one_line_naming_the_fix():
+    node = OmegaConf.create({"_target_": "dpn_lab.model.lit_module.DPNLitModule", "extractor": "cnn"})
+    with pytest.raises(ConfigError) as caught:  # data=blobs gives flat inputs
+        instantiate_checked(node, "model", input_shape=[2], n_classes=3)
+    message = str(caught.value)
+    assert message.startswith("model: ValueError: CNNExtractor needs (channels, height, width) inputs")
+    assert "use model.extractor=mlp" in message and "\n" not in message
