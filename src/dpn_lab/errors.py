@@ -3,6 +3,8 @@
 They live apart from the code that raises them, so reporting a mistake never imports the model.
 """
 
+import signal
+
 
 class ConfigError(ValueError):
     """A config value, command-line argument or stored file that cannot work."""
@@ -26,7 +28,7 @@ class RunInterrupted(BaseException):
 
     def __init__(self, signum: int, saved: str | None = None) -> None:
         self.signum, self.saved = signum, saved
-        name = "SIGINT (Ctrl-C)" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
+        name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
         where = (
             f"{saved} is saved, resume with ckpt_path=last"
             if saved

@@ -70,25 +70,16 @@ class _TolerantOutput:
         return getattr(self._stream, name)
 
 
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith("💡 Tip")
+
+
 def _quiet_the_noise() -> None:
-    """Silence what nobody can act on: Lightning's advertising tips and its second 'Seed set' line, a
-    deprecation inside Lightning, the FLOPs line of the model summary (always 0 here), and W&B's banner."""
+    """Silence what nobody can act on: Lightning's advertising tips (logged through its rank_zero module)
+    and its second 'Seed set' line, a deprecation warning from inside Lightning, and W&B's banner."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-    class DropTips(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            message = record.getMessage()
-            if "Total FLOPs" in message:
-                record.msg, record.args = (
-                    "\n".join(line for line in message.splitlines() if "Total FLOPs" not in line),
-                    (),
-                )
-            return not message.lstrip().startswith("💡 Tip")
-
-    for name in ("pytorch_lightning", "lightning.pytorch"):
-        logging.getLogger(name).addFilter(DropTips())
-        for child in ("utilities.rank_zero", "callbacks.model_summary", "utilities.model_summary"):
-            logging.getLogger(f"{name}.{child}").addFilter(DropTips())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)  # ours says it first
     os.environ.setdefault("WANDB_SILENT", "true")
     if is_ddp_child():
