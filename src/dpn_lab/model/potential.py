@@ -463,7 +463,7 @@ class DenoisingPotential(nn.Module):
         if fused:  # one autograd node for all T steps
             stacked = _FusedAscent.apply(
                 x,
-                etas[: self.n_steps],
+                etas,
                 f.mu,
                 f.c,
                 f.diag,
