@@ -137,7 +137,7 @@ class _ClosedFormGradient(torch.autograd.Function):
 
     Autograd over the forward would save several B x K x R tensors per step; this saves x, r and y (or
     only x and r with `recompute`, redoing GEMM 1 in backward). Used by grad_mode=detach and under Langevin
-    noise; the plain unrolled ascent runs as one _FusedAscent.
+    noise, and by compute_gradient; the plain unrolled ascent runs as one _FusedAscent.
     """
 
     @staticmethod
