@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.runs.resolvers import register_resolvers
 
@@ -114,17 +115,7 @@ def start_cli(*args: str, cwd: Path, stdout=subprocess.PIPE) -> subprocess.Popen
 
 
 # Hostile files: what an attacker would put in a checkpoint or run directory if anything instantiated it.
-DATA_ARGS = {
-    "batch_size": 64,
-    "val_fraction": 0.1,
-    "test_fraction": 0.2,
-    "split_seed": 0,
-    "num_workers": 0,
-    "train_corruption": None,
-    "test_corruption": None,
-    "data_dir": "data",
-    "download": False,
-}
+DATA_ARGS = dict(DigitsDataModule().hparams)  # what a default digits checkpoint stores (tests/test_defaults.py)
 
 
 LEGACY_TARGET = "dpn_lab.data.digits.DigitsDataModule"  # what checkpoints held before data records

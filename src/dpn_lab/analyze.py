@@ -29,6 +29,7 @@ from dpn_lab.callbacks.figure_logger import FigureLogger
 from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 from dpn_lab.config import validate_config
 from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
+from dpn_lab.model.inference import in_chunks
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.runs.resolvers import register_resolvers
 from dpn_lab.runs.task import command_line, run_task
@@ -38,21 +39,17 @@ log = logging.getLogger("dpn_lab.analyze")
 register_resolvers()
 
 
-@torch.no_grad()
 def test_accuracy(model: DPNLitModule, inputs: torch.Tensor, labels: torch.Tensor) -> float:
-    model.eval()
-    predictions = torch.cat([model(chunk).argmax(1) for chunk in inputs.split(512)])
-    return float((predictions == labels).float().mean())
+    predictions = in_chunks(model.net, lambda chunk: model.net(chunk).argmax(1), inputs)
+    return float((predictions.cpu() == labels).float().mean())
 
 
 @torch.no_grad()
 def validation_diagnostics(model: DPNLitModule, datamodule) -> dict[str, float]:
     """The potential/ diagnostics on the validation split; components vote the labels of the training split."""
-    model.eval()
 
     def states(inputs: torch.Tensor) -> list[torch.Tensor]:
-        chunks = [model.net.states(chunk) for chunk in inputs.split(512)]
-        return [torch.cat(step) for step in zip(*chunks, strict=True)]
+        return in_chunks(model.net, model.net.states, inputs)
 
     train, val = datamodule.splits["train"], datamodule.splits["val"]
     counts = component_label_counts(
@@ -145,9 +142,5 @@ def hydra_main(cfg: DictConfig) -> None:
     run_task(cfg, lambda output_dir, _: analyze(cfg, output_dir))
 
 
-def main() -> None:
-    command_line("analyze", __doc__, hydra_main)
-
-
 if __name__ == "__main__":
-    main()
+    command_line("analyze", __doc__, hydra_main)

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.data.corruption import CORRUPTIONS
-from dpn_lab.errors import ConfigError
+from dpn_lab.errors import ConfigError, not_one_of
 from dpn_lab.model.options import (
     CENTER_UPDATES,
     CNN_NORMS,
@@ -37,7 +37,7 @@ class Choice:
     def check(self, value: Any) -> str | None:
         # type-strict: 0 == False and 1 == True in Python, but 0 is no answer to a true/false key
         if not any(type(value) is type(a) and value == a for a in self.allowed):
-            return "is not allowed; choose one of: " + ", ".join(dict.fromkeys(str(a) for a in self.allowed))
+            return not_one_of(self.allowed)
         return None
 
 
@@ -245,14 +245,16 @@ def _check_model_consistency(cfg: DictConfig) -> None:
         )
 
 
+def _select_container(cfg: DictConfig, key: str, mapping: bool, use: str) -> Any:
+    """cfg's value at key: None, or a mapping (mapping=True) or list; anything else is refused with `use`."""
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not (OmegaConf.is_dict(value) if mapping else OmegaConf.is_list(value)):
+        raise ConfigError(f"{key}={value!r} is not allowed: use {use}")
+    return value
+
+
 def _check_extractor_kwargs(cfg: DictConfig) -> None:
-    kwargs = OmegaConf.select(cfg, "model.extractor_kwargs")
-    if kwargs is None:
-        return
-    if not OmegaConf.is_dict(kwargs):
-        raise ConfigError(
-            f"model.extractor_kwargs={kwargs!r} is not allowed: use a mapping, e.g. {{norm: batch}}"
-        )
+    kwargs = _select_container(cfg, "model.extractor_kwargs", True, "a mapping, e.g. {norm: batch}")
     if not kwargs:
         return
     from dpn_lab.model.extractors import extractor_arguments  # torch: only when arguments are given
@@ -275,23 +277,20 @@ def _check_extractor_kwargs(cfg: DictConfig) -> None:
 
 
 def _check_corruption(cfg: DictConfig, key: str) -> None:
-    spec = OmegaConf.select(cfg, key)
+    use = "null or {kind: ..., severity: ...}"
+    spec = _select_container(cfg, key, True, use)
     if spec is None:
         return
-    if not OmegaConf.is_dict(spec) or set(spec) != {"kind", "severity"}:
-        raise ConfigError(f"{key}={spec!r} is not allowed: use null or {{kind: ..., severity: ...}}")
+    if set(spec) != {"kind", "severity"}:
+        raise ConfigError(f"{key}={spec!r} is not allowed: use {use}")
     _check_rules(cfg, {f"{key}.kind": Choice(tuple(CORRUPTIONS))})
     _check_rules(cfg, {f"{key}.severity": Number(low=0, high=CORRUPTIONS[spec.kind].max_severity)})
 
 
 def _check_robustness(cfg: DictConfig) -> None:
-    kinds = OmegaConf.select(cfg, "eval.corruptions")
+    kinds = _select_container(cfg, "eval.corruptions", False, f"a list of {', '.join(CORRUPTIONS)}")
     if kinds is None:
         return
-    if not OmegaConf.is_list(kinds):
-        raise ConfigError(
-            f"eval.corruptions={kinds!r} is not allowed: use a list of {', '.join(CORRUPTIONS)}"
-        )
     for i, kind in enumerate(kinds):
         _check_rules(cfg, {f"eval.corruptions.{i}": Choice(tuple(CORRUPTIONS))})
         levels = OmegaConf.select(cfg, f"eval.levels.{kind}")

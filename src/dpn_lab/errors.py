@@ -4,10 +4,22 @@ They live apart from the code that raises them, so reporting a mistake never imp
 """
 
 import signal
+from collections.abc import Iterable
 
 
 class ConfigError(ValueError):
-    """A config value, command-line argument or stored file that cannot work."""
+    """A config value, command-line argument or stored file that cannot work. A ValueError, so that code
+    calling the package's classes directly catches a wrong argument the way Python's own are caught."""
+
+
+def not_one_of(allowed: Iterable[object]) -> str:
+    """The one wording of a value outside its choices, e.g. `model.precision='dense' ` + this."""
+    return "is not allowed; choose one of: " + ", ".join(dict.fromkeys(str(a) for a in allowed))
+
+
+def choice_error(key: str, value: object, allowed: Iterable[object]) -> ConfigError:
+    """ConfigError for `key=value` outside `allowed`: `model.precision='dense' is not allowed; choose ...`."""
+    return ConfigError(f"{key}={value!r} {not_one_of(allowed)}")
 
 
 class DataError(RuntimeError):

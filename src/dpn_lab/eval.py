@@ -61,9 +61,5 @@ def hydra_main(cfg: DictConfig) -> None:
     run_task(cfg, lambda output_dir, _: evaluate(cfg, output_dir))
 
 
-def main() -> None:
-    command_line("eval", __doc__, hydra_main)
-
-
 if __name__ == "__main__":
-    main()
+    command_line("eval", __doc__, hydra_main)

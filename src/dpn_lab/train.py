@@ -85,7 +85,7 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     if cfg.seed is not None:
         log.info(f"Seeding everything with seed={cfg.seed}")
         L.seed_everything(cfg.seed, workers=True)
-    log.info(f"Instantiating data <{cfg.data._target_}>")
+    log.info(f"Building data '{cfg.data.name}' (dpn_lab.data.registry)")
     datamodule = build_data_module(OmegaConf.to_container(cfg.data, resolve=True), "data")
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = instantiate_checked(
@@ -143,9 +143,5 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return float("nan") if metrics is None else metrics.get(cfg.optimized_metric)  # NaN: a failed sweep job
 
 
-def main() -> None:
-    command_line("train", __doc__, hydra_main)
-
-
 if __name__ == "__main__":
-    main()
+    command_line("train", __doc__, hydra_main)

@@ -70,7 +70,7 @@ def test_sigterm_to_rank_0_under_ddp_stops_every_rank_with_a_checkpoint(tmp_path
         r"trainer.devices=2 without a GPU \(none requested\): 2 CPU processes", stderr + stdout
     )
     assert len(fallback) == 1
-    assert (stdout + stderr).count("Instantiating data") == 1
+    assert (stdout + stderr).count("Building data") == 1
 
 
 def test_an_unwritable_stdout_and_an_ascii_terminal_do_not_lose_the_run(tmp_path):

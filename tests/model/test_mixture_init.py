@@ -22,9 +22,8 @@ def test_kmeans_puts_centers_on_the_blob_means():
     means = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]])
     points = np.concatenate([m + 0.3 * rng.normal(size=(250, 3)) for m in means])
     potential = DenoisingPotential(PotentialConfig(3, 4, precision="full"))
-    result = initialize_potential(
-        potential, torch.from_numpy(points).float(), "kmeans", max_samples=600, seed=0
-    )
+    sample = points[rng.permutation(len(points))[:600]]  # the caller bounds the sample (model.init_samples)
+    result = initialize_potential(potential, torch.from_numpy(sample).float(), "kmeans", seed=0)
     assert result.n_samples == 600 and result.method == "kmeans"
     centers = potential.mu.detach().numpy()
     order = match_rows(centers, means)
@@ -51,7 +50,7 @@ def test_gmm_recovers_known_gaussians(precision):
     labels = rng.choice(2, size=n, p=weights)
     points = np.stack([rng.multivariate_normal(means[k], covs[k]) for k in labels])
     potential = DenoisingPotential(PotentialConfig(3, 2, precision=precision)).double()
-    initialize_potential(potential, torch.from_numpy(points), "gmm", max_samples=n, seed=0)
+    initialize_potential(potential, torch.from_numpy(points), "gmm", seed=0)
     order = match_rows(potential.mu.detach().numpy(), means)
     np.testing.assert_allclose(potential.mu.detach().numpy()[order], means, atol=0.05)
     np.testing.assert_allclose(
@@ -75,7 +74,7 @@ def test_gmm_lowrank_recovers_isotropic_plus_rank_one_precision():
     precision = 2.0 * np.eye(4) + np.outer(v, v)
     points = rng.multivariate_normal(np.zeros(4), np.linalg.inv(precision), size=40000)
     potential = DenoisingPotential(PotentialConfig(4, 1, precision="lowrank", rank=1)).double()
-    initialize_potential(potential, torch.from_numpy(points), "gmm", max_samples=40000, seed=0)
+    initialize_potential(potential, torch.from_numpy(points), "gmm", seed=0)
     np.testing.assert_allclose(potential.precision_matrices().detach().numpy()[0], precision, atol=0.15)
 
 
@@ -92,7 +91,7 @@ def test_same_seed_same_centers():
     centers = []
     for _ in range(2):
         potential = DenoisingPotential(PotentialConfig(5, 6, precision="full"))
-        initialize_potential(potential, features, "kmeans", max_samples=200, seed=3)
+        initialize_potential(potential, features, "kmeans", seed=3)
         centers.append(potential.mu.detach().clone())
     assert torch.equal(*centers)
 
@@ -100,8 +99,8 @@ def test_same_seed_same_centers():
 def test_initialize_centers_from_features():
     potential = DenoisingPotential(PotentialConfig(16, 5, precision="full"))
     features = torch.cat([torch.full((30, 16), float(v)) for v in range(5)]) + 0.01 * torch.randn(150, 16)
-    result = initialize_potential(potential, features, "kmeans", max_samples=100, seed=0)
-    assert result.n_samples == 100
+    result = initialize_potential(potential, features[::3], "kmeans", seed=0)
+    assert result.n_samples == 50
     centers = potential.mu.detach()
     assert sorted(centers.mean(1).round().tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0]
 
@@ -114,7 +113,7 @@ def test_kmeans_sets_precisions_from_cluster_spread_and_weights_from_sizes():
         [rng.normal([-20.0, 0.0], stds[0], (sizes[0], 2)), rng.normal([20.0, 0.0], stds[1], (sizes[1], 2))]
     )
     potential = DenoisingPotential(PotentialConfig(2, 2, precision="diag")).double()
-    initialize_potential(potential, torch.from_numpy(points), "kmeans", max_samples=4000, seed=0)
+    initialize_potential(potential, torch.from_numpy(points), "kmeans", seed=0)
     order = potential.mu[:, 0].argsort()
     precision = potential.precision_diag.detach()[order] ** 2
     np.testing.assert_allclose(precision.numpy(), 1 / stds**2, rtol=0.1)
@@ -128,7 +127,7 @@ def test_kmeans_sets_precisions_from_cluster_spread_and_weights_from_sizes():
 def test_kmeans_precisions_are_positive_definite_for_every_family(precision):
     points = torch.randn(600, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
     potential = DenoisingPotential(PotentialConfig(4, 3, precision=precision, rank=2)).double()
-    initialize_potential(potential, points, "kmeans", max_samples=600, seed=0)
+    initialize_potential(potential, points, "kmeans", seed=0)
     eigenvalues = torch.linalg.eigvalsh(potential.precision_matrices().detach())
     assert (eigenvalues > 0).all() and eigenvalues.max() < 1e3
 
@@ -138,11 +137,11 @@ def test_step_limit_caps_eta_times_the_largest_precision_eigenvalue():
     potential = DenoisingPotential(
         PotentialConfig(3, 2, n_steps=3, precision="diag", init_step_size=0.5)
     ).double()
-    initialize_potential(potential, points, "kmeans", max_samples=500, seed=0, step_limit=1.0)
+    initialize_potential(potential, points, "kmeans", seed=0, step_limit=1.0)
     lam = torch.linalg.eigvalsh(potential.precision_matrices().detach()).max()
     assert float(potential.step_sizes().detach().max() * lam) == pytest.approx(1.0)
     loose = DenoisingPotential(
         PotentialConfig(3, 2, n_steps=3, precision="diag", init_step_size=1e-6)
     ).double()
-    initialize_potential(loose, points, "kmeans", max_samples=500, seed=0, step_limit=1.0)
+    initialize_potential(loose, points, "kmeans", seed=0, step_limit=1.0)
     assert float(loose.step_sizes().detach().max()) == pytest.approx(1e-6)  # already stable: left alone

@@ -54,5 +54,5 @@ def test_a_model_that_cannot_read_its_data_is_one_line_naming_the_fix():
     with pytest.raises(ConfigError) as caught:  # data=blobs gives flat inputs
         instantiate_checked(node, "model", input_shape=[2], n_classes=3)
     message = str(caught.value)
-    assert message.startswith("model: ValueError: CNNExtractor needs (channels, height, width) inputs")
+    assert message.startswith("model: CNNExtractor needs (channels, height, width) inputs")
     assert "use model.extractor=mlp" in message and "\n" not in message

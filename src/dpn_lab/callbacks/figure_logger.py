@@ -22,7 +22,7 @@ class FigureLogger(L.Callback):
     logged as images under figures/<kind>, captioned with their epoch.
     """
 
-    def __init__(self, every_n_epochs: int = 5, n_samples: int = 1000, n_paths: int = 60) -> None:
+    def __init__(self, every_n_epochs: int = 10, n_samples: int = 1000, n_paths: int = 60) -> None:
         self.every_n_epochs, self.n_samples, self.n_paths = every_n_epochs, n_samples, n_paths
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._loss_sum, self._loss_count = None, 0

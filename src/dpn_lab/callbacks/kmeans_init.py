@@ -9,13 +9,15 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
+from dpn_lab.errors import ConfigError
+from dpn_lab.model.inference import in_chunks
 from dpn_lab.model.mixture_init import initialize_potential
 
 log = logging.getLogger(__name__)
 
 
 class KMeansInit(L.Callback):
-    """k-means (or a GMM fit, by the model's `init`) on features of a bounded sample of the training set.
+    """k-means (or a GMM fit, by the model's `init`) on the features of `model.init_samples` training items.
 
     Runs when fitting starts, or with `after_epochs=N` after N warm-up epochs of the extractor with the
     refinement switched off. It runs once per training run: a resumed run keeps the centers of its
@@ -23,10 +25,10 @@ class KMeansInit(L.Callback):
     identical ones. Logs init/inertia, init/samples and init/seconds.
     """
 
-    def __init__(self, max_samples: int | None = None, seed: int = 0, after_epochs: int = 0) -> None:
+    def __init__(self, seed: int = 0, after_epochs: int = 0) -> None:
         if after_epochs < 0:
-            raise ValueError(f"callbacks.kmeans_init.after_epochs={after_epochs} must be >= 0")
-        self.max_samples, self.seed, self.after_epochs = max_samples, seed, after_epochs
+            raise ConfigError(f"callbacks.kmeans_init.after_epochs={after_epochs} must be >= 0")
+        self.seed, self.after_epochs = seed, after_epochs
         self.done = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -40,24 +42,16 @@ class KMeansInit(L.Callback):
         inputs, _ = trainer.datamodule.splits["train"].sample(limit, self.seed)
         # eval mode: the features the potential will refine at test time, and BatchNorm's running
         # statistics are left as training made them
-        was_training = pl_module.net.training
-        pl_module.net.eval()
-        try:
-            return torch.cat(
-                [pl_module.net.features(chunk.to(pl_module.device)) for chunk in inputs.split(512)]
-            )
-        finally:
-            pl_module.net.train(was_training)
+        return in_chunks(pl_module.net, pl_module.net.features, inputs)
 
     def _initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         potential = pl_module.net.potential
         hp = pl_module.hparams
-        limit = self.max_samples or hp.init_samples
         start = time.perf_counter()
         result = None
         if trainer.is_global_zero:
-            features = self._features(trainer, pl_module, limit)
-            result = initialize_potential(potential, features, hp.init, limit, self.seed, hp.init_step_limit)
+            features = self._features(trainer, pl_module, hp.init_samples)
+            result = initialize_potential(potential, features, hp.init, self.seed, hp.init_step_limit)
         state = trainer.strategy.broadcast({k: v.cpu() for k, v in potential.state_dict().items()}, src=0)
         potential.load_state_dict(state)
         potential.active = True

@@ -61,7 +61,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
+        batch_size: int = 64,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
@@ -111,7 +111,7 @@ class TensorDataModule(L.LightningDataModule):
             rest, test_size=self.hparams.val_fraction, stratify=labels[rest], random_state=seed
         )
         self.split_indices = {"train": train, "val": val, "test": test}
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator("test_corruption", seed)
         self.splits = {
             "train": TensorBatches(inputs[train], labels[train]),
             "val": TensorBatches(self._corrupt_fixed(inputs[val], generator), labels[val]),

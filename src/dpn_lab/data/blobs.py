@@ -16,7 +16,7 @@ class BlobsDataModule(TensorDataModule):
         n_samples: int = 2000,
         n_features: int = 16,
         n_classes: int = 4,
-        cluster_std: float = 1.0,
+        cluster_std: float = 2.0,
         data_seed: int = 0,
         **kwargs,
     ) -> None:

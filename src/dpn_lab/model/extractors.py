@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dpn_lab.errors import ConfigError, choice_error
 from dpn_lab.model.options import CNN_NORMS, CNN_POOLS
 
 
@@ -55,21 +56,19 @@ class CNNExtractor(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"CNNExtractor needs (channels, height, width) inputs, got input_shape={input_shape}: "
                 "use model.extractor=mlp for flat inputs"
             )
         for name, value, allowed in (("norm", norm, CNN_NORMS), ("pool", pool, CNN_POOLS)):
             if value not in allowed:
-                raise ValueError(
-                    f"model.extractor_kwargs.{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}"
-                )
+                raise choice_error(f"model.extractor_kwargs.{name}", value, allowed)
         if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-            raise ValueError(
+            raise ConfigError(
                 f"model.extractor_kwargs.channels={list(channels)} must be a non-empty list of integers >= 1"
             )
         if norm == "group" and any(c % GROUP_NORM_GROUPS for c in channels):
-            raise ValueError(
+            raise ConfigError(
                 f"model.extractor_kwargs.channels={list(channels)}: with norm=group every width must be a "
                 f"multiple of {GROUP_NORM_GROUPS}"
             )
@@ -91,7 +90,7 @@ class CNNExtractor(nn.Module):
             ]
             c_in, height, width = c_out, height // 2, width // 2
         if min(height, width) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"CNNExtractor: {len(channels)} pooling stages shrink a {input_shape[1]}x{input_shape[2]} image "
                 "to nothing; use fewer model.extractor_kwargs.channels"
             )
@@ -107,14 +106,18 @@ class CNNExtractor(nn.Module):
 EXTRACTORS: dict[str, type[nn.Module]] = {"mlp": MLPExtractor, "cnn": CNNExtractor}
 
 
+def extractor_class(name: str) -> type[nn.Module]:
+    if name not in EXTRACTORS:
+        raise choice_error("model.extractor", name, EXTRACTORS)
+    return EXTRACTORS[name]
+
+
 def extractor_arguments(name: str, given: dict | None = None) -> dict:
     """Every keyword argument of extractor `name`, defaults filled in under `given`: what a checkpoint
     stores, so that changing a default later does not change what an old checkpoint rebuilds."""
-    if name not in EXTRACTORS:
-        raise ValueError(f"extractor={name!r} is not allowed; choose one of: {', '.join(EXTRACTORS)}")
     defaults = {
         p.name: list(p.default) if isinstance(p.default, tuple) else p.default
-        for p in inspect.signature(EXTRACTORS[name].__init__).parameters.values()
+        for p in inspect.signature(extractor_class(name).__init__).parameters.values()
         if p.default is not p.empty
     }
     return {**defaults, **(given or {})}
@@ -122,6 +125,4 @@ def extractor_arguments(name: str, given: dict | None = None) -> dict:
 
 def build_extractor(name: str, input_shape: Sequence[int], feature_dim: int, **kwargs) -> nn.Module:
     """The extractor registered as `name` (`mlp` or `cnn`)."""
-    if name not in EXTRACTORS:
-        raise ValueError(f"extractor={name!r} is not allowed; choose one of: {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[name](input_shape, feature_dim, **kwargs)
+    return extractor_class(name)(input_shape, feature_dim, **kwargs)

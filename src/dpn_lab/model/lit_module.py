@@ -49,7 +49,8 @@ class DPNLitModule(L.LightningModule):
     corrupted copy to the clean features. With n_steps=0 the same recipe is the matched ablation. The
     noise comes from a generator seeded by (run seed, epoch, batch index, rank).
     `center_update=ema` moves each center after every optimizer step toward the responsibility-weighted
-    mean of the batch's clean features, with momentum `center_momentum` (identical on all DDP ranks).
+    mean of the clean features of the batches that step used (all micro-batches under gradient
+    accumulation), with momentum `center_momentum` (identical on all DDP ranks).
     `init_step_limit` is what KMeansInit caps eta * lambda_max at after placing the potential.
     `**potential` takes the PotentialConfig fields (feature_dim, n_components, n_steps, ...), flat, as the
     `model.*` keys of the config give them. Hyperparameters are plain values, so checkpoints load with
@@ -100,10 +101,12 @@ class DPNLitModule(L.LightningModule):
         )
         self._val_states: list[list[Tensor]] = []
         self._val_labels: list[Tensor] = []
-        self._batch_features: Tensor | None = None
+        # center_update=ema: the clean features of the micro-batches since the last optimizer step
+        self._step_features: list[Tensor] = []
         # train/loss kept on the device and logged as the mean of each log_every_n_steps window: one
         # self.log per window (each call moves Lightning's metric state, ~0.7 ms on CPU), no host sync
         self._loss_window: list[Tensor] = []
+        self._log_every = 1  # the trainer's log_every_n_steps, read when training starts
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -130,6 +133,7 @@ class DPNLitModule(L.LightningModule):
     def on_train_start(self) -> None:
         # sanity-check validation must not count towards the best accuracy
         self.val_acc_best.reset()
+        self._log_every = self.trainer.log_every_n_steps
         if self.device.type == "cpu":
             # Lightning sets this at import so that probing CUDA never poisons a fork; then torch's optimizers
             # probe NVML (a dlopen, ~0.1 ms) at every step. A CPU run uses no CUDA: the cached check serves.
@@ -137,10 +141,12 @@ class DPNLitModule(L.LightningModule):
 
     def _diverged(self, what: str) -> DivergenceError:
         hp = self.hparams
-        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr", "?") if self.optimizer_factory else "?"
+        # the rate in force now (a scheduler moves it), not the configured one
+        optimizers = self.trainer.optimizers if self._attached() else []
+        lr = ", ".join(f"{group['lr']:.4g}" for o in optimizers for group in o.param_groups) or "?"
         return DivergenceError(
             f"training diverged at epoch {self.current_epoch}, global step {self.global_step}: {what}. Likely "
-            f"cause: the learning rate (model.optimizer.lr={lr}) or the refinement step (model.init_step_size="
+            f"cause: the learning rate (now {lr}; model.optimizer.lr sets it) or the refinement step (model.init_step_size="
             f"{hp.init_step_size}, now eta={self.net.potential.step_sizes().max().item() if hp.n_steps else 0:.4g})"
             " is too large; lower it, or set model.bound_step_size=true. Checkpoints on disk are the last finite ones."
         )
@@ -160,8 +166,9 @@ class DPNLitModule(L.LightningModule):
         if hp.noise_pairs and hp.consistency_weight:
             refined, clean = states[-1][n_clean:], states[0][:n_clean].detach()
             loss = loss + hp.consistency_weight * consistency(refined, clean)
-        every = self._trainer.log_every_n_steps if self._trainer is not None else 1
-        log_step = (self.global_step + 1) % every == 0  # when Lightning writes the loggers
+        every = self._log_every
+        # when Lightning writes the loggers (tests/test_library_internals.py pins this cadence)
+        log_step = (self.global_step + 1) % every == 0
         if log_step or self.global_step < every:
             # the components' label votes from every log_every_n_steps-th batch (and the first window): a
             # majority vote needs no census, and the responsibilities pass costs ~5% of a small model's step
@@ -169,7 +176,7 @@ class DPNLitModule(L.LightningModule):
                 self.net.potential, states[-1].detach(), labels, self.hparams.n_classes
             )
         if hp.center_update == "ema":
-            self._batch_features = states[0][:n_clean].detach()
+            self._step_features.append(states[0][:n_clean].detach())
         if not torch.isfinite(loss):
             try:
                 self.net.potential.check_finite(states)
@@ -188,10 +195,20 @@ class DPNLitModule(L.LightningModule):
         self.component_counts.zero_()
         self._loss_window.clear()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def _attached(self) -> bool:
+        try:
+            return self.trainer is not None
+        except RuntimeError:  # Lightning's word for "not attached to a Trainer"
+            return False
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's step (Lightning calls it once per trainer.accumulate_grad_batches micro-batches),
+        then center_update=ema on the clean features of all of them."""
+        super().optimizer_step(*args, **kwargs)
+        features, self._step_features = self._step_features, []
         potential = self.net.potential
-        if self._batch_features is not None and potential.n_steps and potential.active:
-            self._track_centers(self._batch_features)
+        if features and potential.n_steps and potential.active:
+            self._track_centers(torch.cat(features))
 
     @torch.no_grad()
     def _track_centers(self, features: Tensor) -> None:

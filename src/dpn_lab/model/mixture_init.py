@@ -11,6 +11,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
+from dpn_lab.errors import ConfigError, choice_error
 from dpn_lab.model.options import INIT_METHODS
 from dpn_lab.model.potential import DenoisingPotential
 
@@ -28,17 +29,9 @@ class InitResult:
     inertia: float  # k-means inertia, or the GMM's negative mean log-likelihood per sample
 
 
-def sample_features(features: Tensor, max_samples: int, seed: int) -> np.ndarray:
-    """A bounded random subset (without replacement) of the rows of `features`, as float64 numpy."""
-    data = features.detach().to("cpu", torch.float64).numpy()
-    if len(data) > max_samples:
-        data = data[np.random.default_rng(seed).choice(len(data), max_samples, replace=False)]
-    return data
-
-
 def _check_enough(n_components: int, n_samples: int) -> None:
     if n_components > n_samples:
-        raise ValueError(
+        raise ConfigError(
             f"n_components={n_components} exceeds the {n_samples} feature vectors available to initialise "
             "the centers: lower model.n_components or use more samples"
         )
@@ -136,20 +129,20 @@ def initialize_potential(
     potential: DenoisingPotential,
     features: Tensor,
     method: str = "kmeans",
-    max_samples: int = 10_000,
     seed: int = 0,
     step_limit: float | None = None,
 ) -> InitResult:
-    """Set the potential's centers, precisions and weights from features (N x D), by k-means with per-cluster
-    Gaussians (`kmeans_parameters`) or a Gaussian-mixture fit (`gmm_parameters`).
+    """Set the potential's centers, precisions and weights from features (N x D, all of them: the caller
+    bounds the sample, `model.init_samples` in a run), by k-means with per-cluster Gaussians
+    (`kmeans_parameters`) or a Gaussian-mixture fit (`gmm_parameters`).
 
     With c_i = log pi_i + log|det A_i| the potential is the fitted mixture's log-density up to a constant.
     `step_limit` then caps eta so that eta * lambda_max(P_i) <= step_limit for every component: the ascent
     is stable for eta * lambda_max < 2, and a fit to tight clusters can have large precisions.
     """
     if method not in INIT_METHODS:
-        raise ValueError(f"init={method!r} is not allowed; choose one of: {', '.join(INIT_METHODS)}")
-    data = sample_features(features, max_samples, seed)
+        raise choice_error("init", method, INIT_METHODS)
+    data = features.detach().to("cpu", torch.float64).numpy()
     rank = potential.precision_factor.shape[1] if potential.precision == "lowrank" else 0
     fit = kmeans_parameters if method == "kmeans" else gmm_parameters
     params, score = fit(data, potential.n_components, potential.precision, rank, seed)

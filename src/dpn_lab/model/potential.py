@@ -36,13 +36,13 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from dpn_lab.errors import NonFiniteRefinementError
+from dpn_lab.errors import ConfigError, NonFiniteRefinementError, choice_error
 from dpn_lab.model.options import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_SIZES
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+        raise choice_error(name, value, allowed)
 
 
 def _inverse_softplus(value: float) -> float:
@@ -272,15 +272,15 @@ class PotentialConfig:
         for name, low in (("feature_dim", 1), ("n_components", 1), ("n_steps", 0)):
             value = getattr(self, name)
             if int(value) != value or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+                raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
         if self.precision == "lowrank" and not 1 <= self.rank <= self.feature_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"rank={self.rank!r} must be between 1 and feature_dim={self.feature_dim} for precision='lowrank'"
             )
         if self.init_step_size <= 0 or self.init_precision <= 0:
-            raise ValueError("init_step_size and init_precision must be > 0")
+            raise ConfigError("init_step_size and init_precision must be > 0")
         if self.langevin_temperature < 0:
-            raise ValueError(f"langevin_temperature={self.langevin_temperature!r} must be >= 0")
+            raise ConfigError(f"langevin_temperature={self.langevin_temperature!r} must be >= 0")
 
 
 class DenoisingPotential(nn.Module):

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import logging
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
-from dpn_lab.data.corruption import corrupt
+from dpn_lab.data.corruption import corrupt, seeded_generator
+from dpn_lab.model.inference import in_chunks
 from dpn_lab.model.network import FullArchitecture
 from dpn_lab.viz.plots import accuracy_plot, save_figure, steps_plot, uncertainty_plot
 
@@ -42,31 +42,24 @@ def index_digest(indices: Tensor) -> str:
 
 def corrupted(inputs: Tensor, kind: str, severity: float, seed: int) -> Tensor:
     """The corrupted copy every model is evaluated on: the generator depends only on (seed, kind, severity)."""
-    generator = torch.Generator().manual_seed(
-        seed * 1_000_003 + zlib.crc32(f"{kind}:{float(severity)}".encode())
-    )
-    return corrupt(inputs, kind, severity, generator)
+    return corrupt(inputs, kind, severity, seeded_generator("eval", seed, kind, float(severity)))
 
 
-@torch.no_grad()
-def dpn_outputs(net: FullArchitecture, inputs: Tensor, batch_size: int = 512) -> dict[str, Tensor]:
+def dpn_outputs(net: FullArchitecture, inputs: Tensor) -> dict[str, Tensor]:
     """Per input: the predicted label, phi(x_0), phi(x_T), |x_T - x_0| and the maximum softmax probability."""
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    parts: dict[str, list[Tensor]] = {
-        key: [] for key in ("predicted", "phi_x0", "phi_xT", "displacement", "msp")
-    }
-    for chunk in inputs.split(batch_size):
-        states = net.states(chunk.to(device))
+
+    def outputs(chunk: Tensor) -> dict[str, Tensor]:
+        states = net.states(chunk)
         probabilities = net.classifier(states[-1]).softmax(1)
-        parts["predicted"].append(probabilities.argmax(1))
-        parts["msp"].append(probabilities.max(1).values)
-        parts["phi_x0"].append(net.potential.compute_potential(states[0]))
-        parts["phi_xT"].append(net.potential.compute_potential(states[-1]))
-        parts["displacement"].append((states[-1] - states[0]).norm(dim=1))
-    net.train(was_training)
-    return {key: torch.cat(values).cpu() for key, values in parts.items()}
+        return {
+            "predicted": probabilities.argmax(1),
+            "msp": probabilities.max(1).values,
+            "phi_x0": net.potential.compute_potential(states[0]),
+            "phi_xT": net.potential.compute_potential(states[-1]),
+            "displacement": (states[-1] - states[0]).norm(dim=1),
+        }
+
+    return {key: value.cpu() for key, value in in_chunks(net, outputs, inputs).items()}
 
 
 def auroc(clean_scores: Tensor, corrupted_scores: Tensor) -> float:
@@ -190,7 +183,7 @@ def evaluate_and_report(
     logger the table robustness/table and the image robustness/accuracy_vs_severity.
     """
     levels = {kind: [float(v) for v in eval_cfg.levels[kind]] for kind in eval_cfg.corruptions}
-    split = eval_cfg.get("split", "test")
+    split = eval_cfg.split
     test = datamodule.splits[split]
     rows = robustness_rows(lambda x: dpn_outputs(net, x), test.inputs, test.labels, levels, eval_cfg.seed)
     paths = write_robustness(rows, directory)
@@ -225,5 +218,5 @@ def report_robustness(
     if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
         datamodule.setup("test")
     rows = evaluate_and_report(model.net, datamodule, eval_cfg, output_dir, loggers)
-    print(f"\naccuracy under corruption ({eval_cfg.get('split', 'test')} set)\n" + markdown_table(rows))
+    print(f"\naccuracy under corruption ({eval_cfg.split} set)\n" + markdown_table(rows))
     return {f"robust/{row['corruption']}@{row['severity']:g}": row["accuracy"] for row in rows}

@@ -32,7 +32,8 @@ def instantiate_checked(node: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__ or error
-        raise ConfigError(f"{key}: {type(cause).__name__}: {cause}") from None
+        kind = "" if isinstance(cause, ConfigError) else f"{type(cause).__name__}: "  # ours names the key
+        raise ConfigError(f"{key}: {kind}{cause}") from None
 
 
 def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dpn_lab.config import CONF_DIR, validate_config
 from dpn_lab.errors import ConfigError
@@ -45,10 +46,17 @@ def preflight(command: str, help_text: str, argv: list[str] | None = None) -> No
         return
     try:
         check_command_line(command, help_text, argv)
-    except ConfigError as error:
+    except Exception as error:  # whatever the check raises, the user gets one line (a bug says so)
         if wants_traceback():
             raise
-        print(f"error: ConfigError: {' '.join(str(error).split())}", file=sys.stderr)
+        if isinstance(error, ConfigError):
+            line = f"ConfigError: {error}"
+        else:
+            line = (
+                f"{type(error).__name__}: {error} (an unexpected error while checking the command line; "
+                "HYDRA_FULL_ERROR=1 shows its traceback)"
+            )
+        print(f"error: {' '.join(line.split())}", file=sys.stderr)
         sys.exit(1)
     _checked.add(key)
 
@@ -71,7 +79,10 @@ def check_command_line(command: str, help_text: str, argv: list[str]) -> None:
             raise ConfigError(
                 f"{swept[0]} is a sweep (several values): add -m (--multirun) to run one job per value"
             )
-    validate_config(cfg, command)
+    try:  # interpolations resolve when read: a missing key or environment variable surfaces here
+        validate_config(cfg, command)
+    except OmegaConfBaseException as error:
+        raise ConfigError(omegaconf_message(error)) from None
     check_outputs(cfg, multirun)
     check_environment(cfg, multirun)
 
@@ -96,7 +107,7 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 def print_help(command: str, help_text: str) -> NoReturn:
     groups = []
     for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        options = sorted(f.stem for f in group.glob("*.yaml") if not f.stem.startswith("_"))
+        options = group_options(group.name)
         if options:
             groups.append(f"  {group.name + '=':<15} {', '.join(options)}")
     print(
@@ -144,6 +155,8 @@ def concrete_overrides(overrides: list[str]) -> list[str]:
     concrete = []
     for override in parsed:
         key = override.get_key_element()
+        if not key.lstrip("+~"):
+            raise ConfigError(f"{override.input_line}: an override needs a key, e.g. model.n_components=5")
         if override.is_delete() and not key.lstrip("~").startswith(DELETABLE):
             raise ConfigError(
                 f"{override.input_line}: only a callback, a logger or an optimizer/scheduler argument can be "
@@ -152,16 +165,29 @@ def concrete_overrides(overrides: list[str]) -> list[str]:
         if override.is_sweep_override():
             first = next(iter(override.sweep_string_iterator()))
             concrete.append(f"{key}={first}")
-            value = str(first)
+            values = [first]
         else:
             concrete.append(override.input_line)
-            value = str(override.value()) if not override.is_delete() else ""
+            value = None if override.is_delete() else override.value()
+            values = list(value) if isinstance(value, list) else [value]
         group = key.lstrip("+~").split("@")[0]
-        if "." not in group and (CONF_DIR / group).is_dir() and value.startswith("_"):
-            raise ConfigError(
-                f"{override.input_line}: {value} is a building block of {group}/, not an option"
-            )
+        if "." in group or not (CONF_DIR / group).is_dir() or override.is_delete():
+            continue
+        options = group_options(group)
+        for value in values:
+            if isinstance(value, str) and value.startswith("_"):
+                what = f"{value} is a building block of {group}/, not an option"
+            elif value is not None and not isinstance(value, str):
+                what = f"{value!r} is not an option of {group}/"
+            else:
+                continue  # a name Hydra looks up (and refuses, listing the options, if it is none)
+            raise ConfigError(f"{override.input_line}: {what}; choose one of: {', '.join(options)}")
     return concrete
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files, without the `_`-prefixed building blocks."""
+    return sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml") if not f.stem.startswith("_"))
 
 
 def hydra_message(error: Exception) -> str:
@@ -179,11 +205,17 @@ def hydra_message(error: Exception) -> str:
     return text
 
 
+def omegaconf_message(error: OmegaConfBaseException) -> str:
+    """An OmegaConf error (e.g. an interpolation to a missing key) as one line that names the key."""
+    key = getattr(error, "full_key", None)
+    text = hydra_message(error)
+    return f"{key}: {text}" if key and not text.startswith(str(key)) else text
+
+
 def compose_config(config_name: str, overrides: list[str], extra_dirs: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     register_resolvers()
     if extra_dirs:
@@ -192,7 +224,7 @@ def compose_config(config_name: str, overrides: list[str], extra_dirs: list[str]
     try:
         with initialize_config_module(config_module="dpn_lab.conf", version_base="1.3"):
             return compose(config_name, overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as error:
+    except (HydraException, OmegaConfBaseException, ValueError) as error:  # ValueError: a group override
         raise ConfigError(hydra_message(error)) from None
     finally:
         GlobalHydra.instance().clear()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -28,12 +29,22 @@ from dpn_lab.runs.preflight import preflight, wants_traceback
 from dpn_lab.runs.result import format_summary, write_result
 from dpn_lab.runs.wandb_setup import finish_wandb, name_runs_by_sweep
 
-# Mistakes a user can act on: their line is enough. Anything else is a bug: its traceback goes to a file.
-USER_ERRORS = (ConfigError, DataError, DivergenceError, NonFiniteRefinementError, ValueError, OSError)
+# Mistakes a user can act on (the package's own error types, which every validation raises): their line is
+# enough. Anything else is a bug, whatever its type: its traceback goes to a file.
+USER_ERRORS = (ConfigError, DataError, DivergenceError, NonFiniteRefinementError)
+# what the machine, not the code, did to a file operation: a full disk or quota, a file over the size
+# limit, a read-only file system, no permission
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 TRACEBACK_FILE = "traceback.txt"
 STATUS = {signal.SIGTERM: "preempted", signal.SIGINT: "interrupted"}
 
 log = logging.getLogger("dpn_lab")
+
+
+class failed_run:  # noqa: N801 (a namespace, not a class to build)
+    """The failure of a single (not multirun) job, which run_task hands to command_line."""
+
+    error: Exception | None = None
 
 
 def one_line(error: BaseException) -> str:
@@ -98,6 +109,8 @@ def command_line(command: str, help_text: str, hydra_main: Callable[[], Any]) ->
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises to us instead of printing its own block
     try:
         hydra_main()
+        if failed_run.error is not None:
+            raise failed_run.error
     except RunInterrupted as stop:
         if wants_traceback():
             raise
@@ -123,6 +136,23 @@ def command_line(command: str, help_text: str, hydra_main: Callable[[], Any]) ->
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """A mistake of the config or the data, or a machine that cannot hold the run's files: one line says
+    all. Everything else is a bug (a ValueError from inside a library included)."""
+    if isinstance(error, USER_ERRORS):
+        return True
+    return isinstance(error, OSError) and error.errno in MACHINE_ERRNOS
+
+
+def keep_traceback(path: Path) -> str:
+    """Write the traceback of the exception being handled to `path`; what the one line adds about it."""
+    try:
+        path.write_text(traceback.format_exc())
+    except OSError as failure:  # e.g. the disk that failed the run: the one line still says what happened
+        return f"(an unexpected error; its traceback could not be written to {path}: {failure.strerror})"
+    return f"(an unexpected error: traceback in {path})"
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
@@ -159,13 +189,16 @@ def run_task(cfg: DictConfig, work: Work) -> dict[str, float] | None:
                 write_result(output_dir, STATUS.get(stop.signum, "interrupted"), overrides, {}, str(stop))
             raise
         except Exception as error:
-            if not isinstance(error, USER_ERRORS):
-                (output_dir / TRACEBACK_FILE).write_text(traceback.format_exc())
-                error.add_note(f"(an unexpected error: traceback in {output_dir / TRACEBACK_FILE})")
+            if not is_user_error(error):
+                error.add_note(keep_traceback(output_dir / TRACEBACK_FILE))
             if rank_zero:
                 write_result(output_dir, "failed", overrides, {}, one_line(error))
             if not multirun:
-                raise
+                if wants_traceback():
+                    raise
+                # handed to command_line past Hydra, which would print a line of its own before ours
+                failed_run.error = error
+                return None
             log.error(f"job failed: {one_line(error)}")
             return None
         finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dpn_lab.model.inference import evaluating, in_chunks
 from dpn_lab.model.network import FullArchitecture
 from dpn_lab.viz.plots import (
     covariance_figure,
@@ -34,11 +35,9 @@ def write_figures(
     Prototypes need image inputs, trajectories an active potential with steps, curves a history.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    was_training = net.training
-    net.eval()
-    try:
+    with evaluating(net):
         device = next(net.parameters()).device
-        features = torch.cat([net.features(chunk.to(device)) for chunk in inputs.split(512)]).float().cpu()
+        features = in_chunks(net, net.features, inputs).float().cpu()
         potential = net.potential
         mu, weights = potential.mu.detach().float().cpu(), potential.weights().detach().float().cpu()
         figures = {}
@@ -65,5 +64,3 @@ def write_figures(
             written[kind] = directory / f"{kind}_{tag}.png"
             save_figure(figure, written[kind])
         return written
-    finally:
-        net.train(was_training)
