@@ -32,8 +32,15 @@ bench: install
 	$(BIN)/python bench/lightning_overhead.py --extractor cnn --epochs 12
 	$(BIN)/python bench/throughput.py
 
+# the digits comparison (README, "Does the refinement help?"), recorded in results/robustness_digits/ with the
+# commit and the command, and the README's tables rendered from it; the sentinel is the default recipe's DPN
+ROBUSTNESS_DIR := outputs/results/robustness_digits
 robustness: install
-	$(BIN)/python -m dpn_lab.train experiment=robustness_digits
+	rm -rf $(ROBUSTNESS_DIR)
+	start=$$(date +%s) && \
+	$(BIN)/python -m dpn_lab.train experiment=robustness_digits hydra.sweep.dir=$(ROBUSTNESS_DIR) && \
+	$(BIN)/python -m dpn_lab.results record robustness_digits $(ROBUSTNESS_DIR) --command "make robustness" \
+		--sentinel "recipe=robust_extractor model.n_steps=5 seed=0" --seconds $$(( $$(date +%s) - start ))
 
 train: install
 	$(BIN)/python -m dpn_lab.train $(ARGS)

@@ -115,7 +115,9 @@ def start_cli(*args: str, cwd: Path, stdout=subprocess.PIPE) -> subprocess.Popen
 
 
 # Hostile files: what an attacker would put in a checkpoint or run directory if anything instantiated it.
-DATA_ARGS = dict(DigitsDataModule().hparams)  # what a default digits checkpoint stores (tests/test_defaults.py)
+DATA_ARGS = dict(
+    DigitsDataModule().hparams
+)  # what a default digits checkpoint stores (tests/test_defaults.py)
 
 
 LEGACY_TARGET = "dpn_lab.data.digits.DigitsDataModule"  # what checkpoints held before data records

@@ -43,7 +43,9 @@ def test_each_data_option_is_its_classes_defaults(make_cfg, option):
     assert data.name == option == cls.config_name
     assert set(data) - {"name"} == accepted_arguments(cls), "a YAML key without an argument, or the reverse"
     defaults = signature_defaults(cls)
-    drifted = {k: (v, defaults[k]) for k, v in literal_values(data).items() if k != "name" and v != defaults[k]}
+    drifted = {
+        k: (v, defaults[k]) for k, v in literal_values(data).items() if k != "name" and v != defaults[k]
+    }
     assert not drifted, f"data={option}: YAML value != class default: {drifted}"
 
 

@@ -1,0 +1,266 @@
+"""Committed results: what a comparison sweep measured, kept under results/<name>/ with the commit and the
+command that made it, and the README's results tables rendered from those files (never typed in).
+
+results/<name>/ holds
+  comparison.csv    the sweep's comparison.csv (mean and std over seeds per model and corruption level);
+  jobs.csv          one row per job: its overrides, status, test accuracy and number of test images;
+  test_steps.csv    accuracy against the refinement steps used at test time (when the sweep dir has any);
+  provenance.json   command, commit (and whether the tree had uncommitted changes), date, machine, torch
+                    version, seconds, and the sentinel job that tests/robustness/test_results.py reruns.
+A README block between `<!-- results:<name>:<table> -->` and `<!-- end results -->` is replaced by
+`render_readme`; a test holds the README to what the files render.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dpn_lab.errors import ConfigError
+from dpn_lab.robustness.compare import against_ablation, job_rows, model_label
+from dpn_lab.robustness.evaluate import write_rows
+from dpn_lab.runs.result import read_result
+
+JOB_COLUMNS = ("job", "overrides", "status", "test_acc", "n_test")
+STEPS_COLUMNS = ("model", "test_steps", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds")
+# the README's tables: name -> (metric, whether the calibration baselines get columns)
+TABLES = {
+    "accuracy": ("accuracy", True),
+    "auroc_potential": ("auroc_potential", False),
+    "auroc_msp": ("auroc_msp", False),
+}
+BLOCK = re.compile(
+    r"(<!-- results:(?P<name>[\w-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.S
+)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _processor() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def job_table(sweep_dir: Path) -> list[dict[str, Any]]:
+    """jobs.csv's rows: every numbered job directory of the sweep, in job order."""
+    rows = []
+    for job_dir in sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
+        result = read_result(job_dir) or {"status": "failed", "overrides": [], "metrics": {}}
+        meta_path = job_dir / "robustness.json"
+        n_test = json.loads(meta_path.read_text())["rows"][0]["n"] if meta_path.is_file() else None
+        rows.append(
+            {
+                "job": int(job_dir.name),
+                "overrides": " ".join(result["overrides"]),
+                "status": result["status"],
+                "test_acc": result["metrics"].get("test/acc"),
+                "n_test": n_test,
+            }
+        )
+    return rows
+
+
+def steps_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Accuracy against the steps used at test time (eval.test_steps), mean and std over the seeds of each
+    refining model (an ablation's potential was never fitted: its rows would mean nothing)."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for meta in job_rows(sweep_dir)[1]:
+        path = Path(meta["path"]).parent / "test_steps.csv"
+        if path.is_file() and "(no refinement)" not in meta["label"]:
+            for row in read_rows(path):
+                groups[(meta["label"], row["test_steps"], row["corruption"], row["severity"])].append(
+                    row["accuracy"]
+                )
+    return [
+        {
+            "model": model,
+            "test_steps": int(steps),
+            "corruption": kind,
+            "severity": severity,
+            "accuracy": statistics.fmean(values),
+            "accuracy_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n_seeds": len(values),
+        }
+        for (model, steps, kind, severity), values in groups.items()
+    ]
+
+
+def record(sweep_dir: Path, results_dir: Path, command: str, sentinel: str, seconds: float | None) -> Path:
+    """Copy a finished comparison sweep into results_dir (see the module docstring); returns results_dir."""
+    comparison = sweep_dir / "comparison.csv"
+    if not comparison.is_file():
+        raise ConfigError(
+            f"{sweep_dir}: no comparison.csv (is it the directory of a finished comparison sweep?)"
+        )
+    jobs = job_table(sweep_dir)
+    failed = [j["job"] for j in jobs if j["status"] != "ok"]
+    if failed:
+        raise ConfigError(
+            f"{sweep_dir}: jobs {failed} did not finish; a result is recorded from complete sweeps only"
+        )
+    matches = [j for j in jobs if set(sentinel.split()) <= set(j["overrides"].split())]
+    if len(matches) != 1:
+        raise ConfigError(
+            f"sentinel {sentinel!r} matches {len(matches)} jobs of {sweep_dir}; name exactly one"
+        )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(comparison, results_dir / "comparison.csv")
+    write_rows(jobs, results_dir / "jobs.csv", JOB_COLUMNS)
+    steps = steps_summary(sweep_dir)
+    if steps:
+        write_rows(steps, results_dir / "test_steps.csv", STEPS_COLUMNS)
+    root = Path(__file__).resolve().parents[3]
+    import torch  # only for its version: the record says what computed the numbers
+
+    provenance = {
+        "command": command,
+        "commit": _git("rev-parse", "HEAD", cwd=root),
+        "uncommitted_changes": bool(_git("status", "--porcelain", "--", "src", "conf", cwd=root)),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{_processor()}, {os.cpu_count()} cores, {platform.system()}",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "sweep": str(sweep_dir),
+        "sentinel": sentinel,
+    }
+    (results_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    return results_dir
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A results CSV with its numbers as floats (empty and NaN cells as NaN)."""
+
+    def value(text: str) -> Any:
+        try:
+            return float(text) if text else float("nan")
+        except ValueError:
+            return text
+
+    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(path.open())]
+
+
+def _steps(label: str) -> str:
+    return re.search(r"model\.n_steps=(\d+)", label).group(1)
+
+
+def _recipe(label: str) -> str:
+    return " ".join(
+        o for o in label.removesuffix(" (no refinement)").split() if not o.startswith("model.n_steps=")
+    )
+
+
+def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) -> str:
+    """Rows: corruption level; a column per recipe, `T=0 / T=T / diff` (diff: DPN minus its matched ablation,
+    * when larger than 2 std of either); the calibration baselines' columns when `baselines`."""
+    cells = {(r["model"], r["corruption"], r["severity"]): r for r in summary}
+    differences = {(d["model"], d["corruption"], d["severity"]): d for d in against_ablation(summary)}
+    dpns = [m for m in dict.fromkeys(r["model"] for r in summary) if re.search(r"model\.n_steps=[1-9]", m)]
+    others = [m for m in dict.fromkeys(r["model"] for r in summary) if "model.n_steps=" not in m]
+    levels = list(dict.fromkeys((r["corruption"], r["severity"]) for r in summary))
+    if metric != "accuracy":  # a separation score is undefined on the clean set
+        levels = [level for level in levels if level[1] != 0]
+
+    def number(row: dict | None) -> str:
+        if row is None or row[metric] != row[metric]:
+            return "–"
+        return f"{row[metric]:.3f} ± {row[f'{metric}_std']:.3f}"
+
+    header = [
+        f"({chr(97 + i)}) {_recipe(m).removeprefix('recipe=')}: T=0 / T={_steps(m)} / diff"
+        for i, m in enumerate(dpns)
+    ]
+    header += others if baselines else []
+    lines = ["| corruption | severity | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
+    for kind, severity in levels:
+        values = []
+        for dpn in dpns:
+            ablation = model_label(re.sub(r"model\.n_steps=\d+", "model.n_steps=0", dpn).split())
+            d = differences.get((dpn, kind, severity))
+            diff = d.get(f"{metric}_diff") if d else None
+            mark = "*" if d and d.get(f"{metric}_significant") else ""
+            diff_text = "–" if diff is None or diff != diff else f"{diff:+.3f}{mark}"
+            values.append(
+                f"{number(cells.get((ablation, kind, severity)))} / {number(cells.get((dpn, kind, severity)))} / {diff_text}"
+            )
+        if baselines:
+            values += [number(cells.get((m, kind, severity))) for m in others]
+        lines.append(f"| {kind} | {severity:g} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def steps_table(rows: list[dict[str, Any]], kind: str = "gaussian") -> str:
+    """Rows: (recipe, severity of `kind`); columns: the number of steps T at test; mean ± std over seeds."""
+    rows = [r for r in rows if r["corruption"] == kind]
+    steps = sorted({int(r["test_steps"]) for r in rows})
+    cells = {(r["model"], r["severity"], int(r["test_steps"])): r for r in rows}
+    levels = list(dict.fromkeys((r["model"], r["severity"]) for r in rows))
+    lines = [
+        f"| recipe (trained with T={_steps(levels[0][0])}) | {kind} | "
+        + " | ".join(f"T={t}" for t in steps)
+        + " |"
+    ]
+    lines.append("|---|---|" + "---|" * len(steps))
+    for model, severity in levels:
+        values = [cells[(model, severity, t)] for t in steps]
+        lines.append(
+            f"| {_recipe(model).removeprefix('recipe=')} | {severity:g} | "
+            + " | ".join(f"{v['accuracy']:.3f} ± {v['accuracy_std']:.3f}" for v in values)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def provenance_line(results_dir: Path) -> str:
+    p = json.loads((results_dir / "provenance.json").read_text())
+    dirty = " plus uncommitted changes" if p["uncommitted_changes"] else ""
+    took = f", {p['seconds'] / 60:.0f} min" if p.get("seconds") else ""
+    return (
+        f"Measured by `{p['command']}` on commit {p['commit'][:7]}{dirty}, {p['date'][:10]} ({p['machine']}, "
+        f"torch {p['torch']}, {p['torch_threads']} threads{took}); files: `results/{results_dir.name}/`.\n"
+    )
+
+
+def render(results_dir: Path, table: str) -> str:
+    """The markdown of one README block of a committed result."""
+    if table == "provenance":
+        return provenance_line(results_dir)
+    if table == "test_steps":
+        return steps_table(read_rows(results_dir / "test_steps.csv"))
+    if table not in TABLES:
+        raise ConfigError(
+            f"README block {table!r}: no such table; the tables: provenance, test_steps, {', '.join(TABLES)}"
+        )
+    metric, baselines = TABLES[table]
+    return recipe_table(read_rows(results_dir / "comparison.csv"), metric, baselines)
+
+
+def render_readme(text: str, results_root: Path) -> str:
+    """`text` with every results block re-rendered from results_root/<name>/."""
+
+    def block(match: re.Match) -> str:
+        body = render(results_root / match["name"], match["table"])
+        return f"{match.group(1)}{body}{match.group(5)}"
+
+    return BLOCK.sub(block, text)
