@@ -8,6 +8,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +103,38 @@ def run_cli(
     )
 
 
-def start_cli(*args: str, cwd: Path, stdout=subprocess.PIPE) -> subprocess.Popen:
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+def helpers_env() -> dict:
+    """The environment that lets a command line name the test callbacks in tests/helpers/."""
+    return {"PYTHONPATH": str(HELPERS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 0.05):
+    """condition()'s first truthy value, polled until `timeout` seconds have passed; AssertionError naming
+    `what` when it never comes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def no_process_mentions(text: str) -> bool:
+    """True when no running process has `text` in its command line (e.g. a test's directory)."""
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return text not in listing
+
+
+def start_cli(*args: str, cwd: Path, stdout=subprocess.PIPE, env: dict | None = None) -> subprocess.Popen:
     """`python -m dpn_lab.train args` started in the background (for signals), stderr captured."""
     return subprocess.Popen(
         [sys.executable, "-m", "dpn_lab.train", *args],
         cwd=cwd,
-        env=cli_environment(cwd),
+        env=cli_environment(cwd, env),
         stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,

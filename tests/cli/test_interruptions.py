@@ -1,7 +1,6 @@
 """Signals, broken output and bugs at the command line: one line, the right exit status, nothing lost."""
 
 import json
-import os
 import re
 import resource
 import signal
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, start_cli
+from conftest import helpers_env, no_process_mentions, run_cli, start_cli, wait_until
 from dpn_lab.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -19,19 +18,14 @@ pytestmark = pytest.mark.slow
 FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
 
 
-def wait_for_first_checkpoint(cwd: Path) -> Path:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list((cwd / "outputs").glob("train/runs/*/checkpoints/last.ckpt"))
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint within 120 s")
+def mid_epoch(cwd: Path) -> list[str]:
+    """Arguments that make a run touch cwd/mid_epoch at batch 3 of epoch 1 (after epoch 0's last.ckpt)."""
+    return ["+callbacks.marker._target_=markers.TouchAtBatch", f"+callbacks.marker.path={cwd / 'mid_epoch'}"]
 
 
 def interrupt_mid_run(process: subprocess.Popen, cwd: Path, signum: int) -> tuple[Path, float, str, str]:
-    last = wait_for_first_checkpoint(cwd)
-    time.sleep(0.5)  # mid-epoch
+    wait_until(lambda: (cwd / "mid_epoch").exists(), 120, "batch 3 of epoch 1")
+    (last,) = (cwd / "outputs").glob("train/runs/*/checkpoints/last.ckpt")
     signalled = time.time()
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
@@ -40,7 +34,9 @@ def interrupt_mid_run(process: subprocess.Popen, cwd: Path, signum: int) -> tupl
 
 
 def test_ctrl_c_saves_a_mid_epoch_checkpoint_and_exits_130(tmp_path):
-    process = start_cli("trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    process = start_cli(
+        "trainer.max_epochs=200", *FAST, *mid_epoch(tmp_path), cwd=tmp_path, env=helpers_env()
+    )
     last, signalled, _, stderr = interrupt_mid_run(process, tmp_path, signal.SIGINT)
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
@@ -56,15 +52,20 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_and_exits_130(tmp_path):
 
 
 def test_sigterm_to_rank_0_under_ddp_stops_every_rank_with_a_checkpoint(tmp_path):
-    process = start_cli("trainer=ddp_sim", "trainer.max_epochs=200", *FAST, cwd=tmp_path)
+    process = start_cli(
+        "trainer=ddp_sim",
+        "trainer.max_epochs=200",
+        *FAST,
+        *mid_epoch(tmp_path),
+        cwd=tmp_path,
+        env=helpers_env(),
+    )
     last, signalled, stdout, stderr = interrupt_mid_run(process, tmp_path, signal.SIGTERM)
     assert process.returncode == 143, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith(f"error: stopped by SIGTERM: {last} is saved")
     assert last.stat().st_mtime >= signalled
     assert json.loads((last.parents[1] / "result.json").read_text())["status"] == "preempted"
-    time.sleep(1)
-    survivors = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    assert str(tmp_path) not in survivors
+    wait_until(lambda: no_process_mentions(str(tmp_path)), 10, "every rank has ended")
     # the CPU fallback is said once, and rank 1 does not repeat rank 0's log
     fallback = re.findall(
         r"trainer.devices=2 without a GPU \(none requested\): 2 CPU processes", stderr + stdout
@@ -93,7 +94,6 @@ def test_an_unwritable_stdout_and_an_ascii_terminal_do_not_lose_the_run(tmp_path
 
 
 def test_a_bug_is_one_line_with_its_traceback_in_the_run_directory(tmp_path):
-    helpers = str(Path(__file__).parents[1] / "helpers")
     result = run_cli(
         "dpn_lab.train",
         "trainer.max_epochs=1",
@@ -101,7 +101,7 @@ def test_a_bug_is_one_line_with_its_traceback_in_the_run_directory(tmp_path):
         "+callbacks.fail._target_=failing_rank.FailOnRank",
         "+callbacks.fail.rank=0",
         cwd=tmp_path,
-        env={"PYTHONPATH": helpers + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        env=helpers_env(),
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()

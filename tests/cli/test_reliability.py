@@ -1,7 +1,6 @@
 """Reliability at the command line: kill and resume, divergence, wrong inputs, secrets, pre-emption, DDP failures."""
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, start_cli
+from conftest import helpers_env, no_process_mentions, run_cli, start_cli, wait_until
 from dpn_lab.checkpoints import read_checkpoint
 
 FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
@@ -28,12 +27,12 @@ def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_
     assert run_cli("dpn_lab.train", *args, cwd=whole).returncode == 0
 
     process = start_cli(*args, cwd=killed, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait for a checkpoint of epoch >= 2, then SIGKILL
+
+    def epoch_2_saved() -> bool:
         found = list((killed / "outputs").glob("train/runs/*/checkpoints/last.ckpt"))
-        if found and read_checkpoint(str(found[0]))["epoch"] >= 2:
-            break
-        time.sleep(0.05)
+        return bool(found) and read_checkpoint(str(found[0]))["epoch"] >= 2
+
+    wait_until(epoch_2_saved, 120, "a checkpoint of epoch >= 2")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     (first,) = (killed / "outputs" / "train" / "runs").iterdir()
@@ -147,13 +146,17 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
-    process = start_cli("trainer.max_epochs=200", *FAST, cwd=tmp_path, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(
-        (tmp_path / "outputs").glob("train/runs/*/checkpoints/last.ckpt")
-    ):
-        time.sleep(0.05)
-    time.sleep(0.3)  # mid-epoch
+    marker = tmp_path / "mid_epoch"
+    process = start_cli(
+        "trainer.max_epochs=200",
+        *FAST,
+        "+callbacks.marker._target_=markers.TouchAtBatch",
+        f"+callbacks.marker.path={marker}",
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        env=helpers_env(),
+    )
+    wait_until(marker.exists, 120, "batch 3 of epoch 1")
     signalled = time.time()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -178,7 +181,6 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("failing_rank", [1, 0])
 def test_one_failing_ddp_rank_ends_every_process_with_its_error(tmp_path, failing_rank):
-    helpers = str(Path(__file__).parents[1] / "helpers")
     start = time.time()
     result = run_cli(
         "dpn_lab.train",
@@ -189,11 +191,13 @@ def test_one_failing_ddp_rank_ends_every_process_with_its_error(tmp_path, failin
         f"+callbacks.fail.rank={failing_rank}",
         cwd=tmp_path,
         timeout=120,
-        env={"PYTHONPATH": helpers + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        env=helpers_env(),
     )
     assert time.time() - start < 60
     assert result.returncode != 0
     assert f"rank {failing_rank} failed on purpose" in result.stderr
-    time.sleep(1)
-    survivors = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    assert str(tmp_path) not in survivors and "train_ddp_process" not in survivors
+    wait_until(
+        lambda: no_process_mentions(str(tmp_path)) and no_process_mentions("train_ddp_process"),
+        10,
+        "every rank has ended",
+    )

@@ -1,9 +1,13 @@
 """DPNLitModule: the loss terms against their definition."""
 
+from functools import partial
+
 import pytest
+import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
+from dpn_lab.data.blobs import BlobsDataModule
 from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.model.lit_module import DPNLitModule, consistency
 
@@ -93,3 +97,48 @@ def test_a_compiled_refinement_gives_the_same_loss_and_gradients_and_checkpoint_
     for grad, grad_c in zip(grads, grads_c, strict=True):
         torch.testing.assert_close(grad_c, grad, rtol=1e-4, atol=1e-6)
     assert keys_c == keys  # a compiled run's checkpoints load into an uncompiled model
+
+
+def _fit(model: DPNLitModule, tmp_path, **trainer_args) -> L.Trainer:
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **trainer_args,
+    )
+    trainer.fit(model, datamodule=BlobsDataModule(n_samples=400, batch_size=32))  # 9 training batches
+    return trainer
+
+
+@pytest.mark.slow  # trains for a second
+def test_ema_centers_move_once_per_optimizer_step_on_every_micro_batch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = DPNLitModule(
+        [16], 4, extractor="mlp", n_steps=2, center_update="ema", optimizer=partial(torch.optim.SGD, lr=0.01)
+    )
+    model.net.potential.active = True
+    seen: list[int] = []
+    monkeypatch.setattr(DPNLitModule, "_track_centers", lambda self, features: seen.append(len(features)))
+    _fit(model, tmp_path, max_epochs=1, accumulate_grad_batches=2)
+    # steps after batches 2, 4, 6, 8 and the epoch's last one; each on the clean features of its micro-batches
+    assert seen == [64, 64, 64, 64, 32]
+
+
+@pytest.mark.slow  # trains for a second
+def test_the_divergence_message_names_the_learning_rate_in_force(tmp_path):
+    torch.manual_seed(0)
+    model = DPNLitModule(
+        [16],
+        4,
+        extractor="mlp",
+        n_steps=0,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5),
+    )
+    _fit(model, tmp_path, max_epochs=2)
+    message = str(model._diverged("the loss is nan"))
+    assert "the learning rate (now 0.025; model.optimizer.lr sets it)" in message  # 0.1 * 0.5^2

@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import dpn_lab.runs.preflight as preflight_module
 from dpn_lab.errors import ConfigError
 from dpn_lab.runs.lock import hold_run_directory
-from dpn_lab.runs.preflight import check_command_line
+from dpn_lab.runs.preflight import check_command_line, preflight
 
 HELP = "python -m dpn_lab.x: test help"
 
@@ -108,6 +111,18 @@ BAD = [
     (["hydra.run.dir=" + "x" * 300], "is too long: each name at most 255 bytes"),
     (["paths.checkpoint_dir=/proc/dpn_lab_ckpt"], "paths.checkpoint_dir=/proc/dpn_lab_ckpt is not writable"),
     (["-m", "hydra.sweep.dir=/proc/dpn_lab_sweep"], "hydra.sweep.dir=/proc/dpn_lab_sweep is not writable"),
+    # what Hydra or OmegaConf raise while composing or resolving (each printed a traceback once)
+    (["=5"], "=5: an override needs a key, e.g. model.n_components=5"),
+    (["data=5"], "data=5: 5 is not an option of data/; choose one of: blobs, cifar10, digits"),
+    (["model=[1,2]"], "model=[1,2]: 1 is not an option of model/; choose one of: dpn"),
+    (
+        ["model.n_components=${model.nonexistent}"],
+        "model.n_components: Interpolation key 'model.nonexistent' not found",
+    ),
+    (
+        ["model.n_components=${oc.env:DPN_NOPE_VAR}"],
+        "model.n_components: KeyError raised while resolving interpolation: \"Environment variable 'DPN_NOPE_VAR' not found\"",
+    ),
     # launchers and sweepers
     (
         ["hparams_search=optuna", "hydra.sweeper.n_trials=-1"],
@@ -258,3 +273,64 @@ def test_a_mistake_is_reported_before_torch_loads(tmp_path, bad, expected):
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().startswith(expected)
     assert not Path(tmp_path / "outputs").exists()  # nothing was written for a refused command line
+
+
+def run_preflight(args: list[str], capsys) -> tuple[int, list[str]]:
+    """preflight() as a command calls it: (exit status, or 0 if it returned; lines on stderr)."""
+    try:
+        preflight("train", HELP, args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["=5"], ["model.n_components=${model.nonexistent}"], ["model.n_components=${oc.env:DPN_NOPE_VAR}"]],
+)
+def test_what_the_check_itself_raises_is_one_error_line(args, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code, lines = run_preflight(args, capsys)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ConfigError: "), lines
+
+
+def test_a_bug_inside_the_check_is_one_line_that_says_so(capsys, monkeypatch):
+    import dpn_lab.runs.preflight as module
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(module, "check_outputs", lambda cfg, multirun: 1 / 0)
+    code, lines = run_preflight(["seed=3"], capsys)
+    assert code == 1 and lines == [
+        "error: ZeroDivisionError: division by zero (an unexpected error while checking the command line; "
+        "HYDRA_FULL_ERROR=1 shows its traceback)"
+    ]
+
+
+# override-shaped text: keys, sigils and values drawn from what a command line can hold
+OVERRIDE_TEXT = st.text(alphabet=st.sampled_from("abcdmnpstz._=+~@$%{}[](),:'\" -0123456789"), max_size=24)
+KEYS = st.sampled_from(
+    ["", "model.n_components", "data", "model", "+model.x", "seed", "trainer.devices", "~eval"]
+)
+
+
+@pytest.mark.slow  # ~0.2 s per example
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    args=st.lists(
+        st.one_of(OVERRIDE_TEXT, st.builds(lambda k, v: f"{k}={v}", KEYS, OVERRIDE_TEXT)),
+        min_size=1,
+        max_size=2,
+    )
+)
+def test_any_override_string_passes_or_is_one_error_line(args, capsys, monkeypatch):
+    """Property: whatever is typed, the check returns (a legal command line) or exits 1 with exactly one
+    `error: ConfigError:` line: never a traceback, never a bug's line."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    preflight_module._checked.clear()
+    code, lines = run_preflight(args, capsys)
+    if code == 0:
+        assert lines == []
+    else:
+        assert code == 1 and len(lines) == 1, (args, lines)
+        assert lines[0].startswith("error: ConfigError: "), (args, lines)

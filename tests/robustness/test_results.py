@@ -1,0 +1,67 @@
+"""Committed results reproduce: the README's results tables are what results/ renders, a recorded sweep
+round-trips into results files, and each result's sentinel job, rerun on this tree, gets the test accuracy
+it recorded (to one test image). A change that moves training numerics fails here until the results are
+measured again (`make robustness`)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from dpn_lab.robustness.results import read_rows, recipe_table, render_readme
+
+RESULTS = sorted(p.parent for p in (ROOT / "results").glob("*/provenance.json"))
+
+
+def test_the_readme_tables_are_rendered_from_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- results:" in readme
+    assert render_readme(readme, ROOT / "results") == readme, "run: python -m dpn_lab.results render"
+
+
+@pytest.mark.parametrize("result", RESULTS, ids=[r.name for r in RESULTS])
+def test_a_result_records_its_commit_command_and_sentinel(result):
+    provenance = json.loads((result / "provenance.json").read_text())
+    assert len(provenance["commit"]) == 40 and provenance["command"] and provenance["sentinel"]
+    jobs = list(csv.DictReader((result / "jobs.csv").open()))
+    assert jobs and all(job["status"] == "ok" for job in jobs)
+
+
+def test_the_recipe_table_puts_ablation_dpn_and_a_marked_difference_side_by_side():
+    def row(model, accuracy, std):
+        return {
+            "model": model,
+            "corruption": "gaussian",
+            "severity": 0.1,
+            "accuracy": accuracy,
+            "accuracy_std": std,
+            **{f"{m}{s}": float("nan") for m in ("auroc_potential", "acc90_potential") for s in ("", "_std")},
+        }
+
+    summary = [
+        row("recipe=a model.n_steps=0 (no refinement)", 0.80, 0.01),
+        row("recipe=a model.n_steps=5", 0.90, 0.02),
+        row("RBF SVC", 0.85, 0.0),
+    ]
+    table = recipe_table(summary, "accuracy", baselines=True).splitlines()
+    assert table[0] == "| corruption | severity | (a) a: T=0 / T=5 / diff | RBF SVC |"
+    # 0.90 - 0.80 = +0.100 > 2 x max(0.01, 0.02): marked
+    assert table[2] == "| gaussian | 0.1 | 0.800 ± 0.010 / 0.900 ± 0.020 / +0.100* | 0.850 ± 0.000 |"
+
+
+@pytest.mark.slow  # one training run per committed result (~30 s each on 2 cores)
+@pytest.mark.parametrize("result", RESULTS, ids=[r.name for r in RESULTS])
+def test_the_sentinel_job_reproduces_its_recorded_test_accuracy(result, make_cfg):
+    from dpn_lab.train import train
+
+    sentinel = json.loads((result / "provenance.json").read_text())["sentinel"].split()
+    (job,) = [j for j in read_rows(result / "jobs.csv") if set(sentinel) <= set(str(j["overrides"]).split())]
+    # the job's own overrides, without what only reports (evaluation under corruption, figures)
+    cfg = make_cfg([*job["overrides"].split(), "robustness@eval=none", "callbacks.figures.every_n_epochs=0"])
+    metrics, _ = train(cfg, Path(cfg.paths.output_dir))
+    assert abs(metrics["test/acc"] - job["test_acc"]) <= 1 / job["n_test"] + 1e-6, (
+        f"{result.name}: the sentinel {' '.join(sentinel)} now gets test/acc {metrics['test/acc']:.4f}, the "
+        f"committed result says {job['test_acc']:.4f}: training numerics moved; measure the results again"
+    )
