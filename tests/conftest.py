@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,76 @@ def untouched(place: Path, victim_hash: str) -> None:
 def place(tmp_path) -> tuple[Path, str]:
     (tmp_path / "victim.txt").write_text("a researcher's notes\n")
     return tmp_path, hashlib.sha256(b"a researcher's notes\n").hexdigest()
+
+
+def run_in_process(
+    module: str, *args: str, cwd: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m module args` run inside the test process, for tests about what a command does rather than
+    about the process itself (signals, DDP, a broken stdout stay in run_cli): the same code path from the
+    module's `__main__` (preflight, Hydra, the one-line errors), without paying ~7 s of imports per call.
+    The environment, the working directory, sys.argv and the standard streams are restored afterwards."""
+    import io
+    import runpy
+    import traceback
+    import warnings
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_argv, saved_streams = sys.argv, (sys.stdout, sys.stderr)
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2)]
+    os.environ.clear()
+    os.environ.update(cli_environment(cwd, env))
+    os.chdir(cwd)
+    sys.argv, (sys.stdout, sys.stderr) = [module, *args], streams
+    code = 0
+    try:
+        with warnings.catch_warnings():  # the test process has imported the command module already
+            warnings.filterwarnings("ignore", "'dpn_lab.* found in sys.modules", RuntimeWarning)
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:  # what a process would have printed as its last words
+        streams[1].write(traceback.format_exc())
+        code = 1
+    finally:
+        sys.argv, (sys.stdout, sys.stderr) = saved_argv, saved_streams
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+    out, err = (stream.buffer.getvalue().decode("utf-8", "replace") for stream in streams)
+    return subprocess.CompletedProcess([module, *args], code, out, err)
+
+
+sys.path.append(str(HELPERS))  # the test callbacks, for commands run in-process
+
+# for runs whose figures and corruption pass no assertion reads: each costs seconds per run
+QUICK = ("~callbacks.figures", "robustness@eval=none")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    root: Path  # DPN_LAB_ROOT of the run
+    run_dir: Path
+    result: subprocess.CompletedProcess
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def best(self) -> Path:
+        (best,) = (self.run_dir / "checkpoints").glob("epoch_*.ckpt")
+        return best
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> TrainedRun:
+    """One `python -m dpn_lab.train trainer.max_epochs=2` (the default config otherwise: figures, CSV logs,
+    the Gaussian-noise pass), shared by every test that needs a trained run or checkpoint. Read it, never
+    change it: a test that modifies a run copies it first."""
+    root = tmp_path_factory.mktemp("trained")
+    result = run_in_process("dpn_lab.train", "trainer.max_epochs=2", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (root / "outputs" / "train" / "runs").iterdir()
+    return TrainedRun(root, run_dir, result)

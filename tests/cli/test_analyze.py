@@ -3,16 +3,13 @@
 import matplotlib.image
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 from dpn_lab.viz.plots import FIGURE_KINDS
 
 
 @pytest.mark.slow
-def test_analyze_writes_every_figure_and_a_summary(tmp_path):
-    trained = run_cli("dpn_lab.train", "trainer.max_epochs=2", "logger=none", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    (ckpt,) = (tmp_path / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt")
-    result = run_cli("dpn_lab.analyze", f"ckpt_path={ckpt}", cwd=tmp_path)
+def test_analyze_writes_every_figure_and_a_summary(trained_run, tmp_path):
+    result = run_in_process("dpn_lab.analyze", f"ckpt_path={trained_run.last}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "analyze" / "runs").iterdir()
     for kind in FIGURE_KINDS:

@@ -1,13 +1,16 @@
-"""The command lines as researchers use them: train, eval, resume, DDP, multirun, errors."""
+"""The command lines as researchers use them: train, eval, resume, DDP, multirun, errors. What a command
+does runs in-process (run_in_process, the same __main__ path); what needs a process of its own (DDP,
+launchers, a fresh interpreter's one line) runs as one (run_cli)."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import QUICK, run_cli, run_in_process
 from dpn_lab.config import MONITORABLE
 
 pytestmark = pytest.mark.slow
@@ -24,28 +27,23 @@ def read_metrics_csv(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_train_then_eval_agree_and_leave_a_complete_run_directory(tmp_path):
-    result = run_cli("dpn_lab.train", "trainer.max_epochs=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_train_then_eval_agree_and_leave_a_complete_run_directory(trained_run, tmp_path):
+    result, run_dir = trained_run.result, trained_run.run_dir
     assert "dpn_lab.train summary" in result.stdout and "test/acc" in result.stdout
-    run_dir = only((tmp_path / "outputs" / "train" / "runs").iterdir())
     saved = json.loads((run_dir / "result.json").read_text())
     assert saved["status"] == "ok" and 0 < saved["metrics"]["test/acc"] <= 1
-    assert (run_dir / ".hydra" / "config.yaml").is_file() and (
-        run_dir / "checkpoints" / "last.ckpt"
-    ).is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and trained_run.last.is_file()
     rows = read_metrics_csv(run_dir)
     assert {row["epoch"] for row in rows if row.get("val/acc")} == {"0", "1"}
     assert set(MONITORABLE) <= set(rows[0])  # what callbacks.*.monitor may name is really logged
     output = result.stdout + result.stderr
     for noise in ("💡 Tip", "LeafSpec", "Total FLOPs: 0", "Seed set to", "sync_dist", "Traceback"):
         assert noise not in output, noise
-    best = only((run_dir / "checkpoints").glob("epoch_*.ckpt"))
     # checkpoints are plain data
-    checkpoint = torch.load(best, weights_only=True)
+    checkpoint = torch.load(trained_run.best, weights_only=True)
     assert checkpoint["hyper_parameters"]["n_components"] == 16
 
-    evaluated = run_cli("dpn_lab.eval", f"ckpt_path={best}", cwd=tmp_path)
+    evaluated = run_in_process("dpn_lab.eval", f"ckpt_path={trained_run.best}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "dpn_lab.eval summary" in evaluated.stdout and "dpn_lab.train" not in evaluated.stdout
     eval_dir = only((tmp_path / "outputs" / "eval" / "runs").iterdir())
@@ -53,32 +51,37 @@ def test_train_then_eval_agree_and_leave_a_complete_run_directory(tmp_path):
     assert eval_metrics["test/acc"] == pytest.approx(saved["metrics"]["test/acc"], abs=1e-6)
 
 
-def test_resume_last_continues_at_the_right_epoch(tmp_path):
-    first = run_cli("dpn_lab.train", "trainer.max_epochs=2", "test=false", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+def test_resume_last_continues_at_the_right_epoch(trained_run, tmp_path):
+    runs = tmp_path / "outputs" / "train" / "runs"
+    shutil.copytree(trained_run.run_dir, runs / trained_run.run_dir.name)  # a 2-epoch run, test included
     # a run made before the package moved into subpackages names the old module paths
-    (saved,) = (tmp_path / "outputs" / "train" / "runs").glob("*/.hydra/config.yaml")
+    (saved,) = runs.glob("*/.hydra/config.yaml")
     old_paths = saved.read_text().replace("dpn_lab.model.lit_module.", "dpn_lab.lit_module.")
     saved.write_text(old_paths.replace("dpn_lab.callbacks.kmeans_init.", "dpn_lab.kmeans_init."))
     assert "_target_: dpn_lab.lit_module.DPNLitModule" in saved.read_text()
-    resumed = run_cli("dpn_lab.train", "trainer.max_epochs=4", "ckpt_path=last", "test=false", cwd=tmp_path)
+    resumed = run_in_process(
+        "dpn_lab.train", "trainer.max_epochs=4", "ckpt_path=last", "robustness@eval=none", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
-    runs = sorted((tmp_path / "outputs" / "train" / "runs").iterdir())
-    assert len(runs) == 2
-    second = next(r for r in runs if "ckpt_path=last" in (r / ".hydra" / "overrides.yaml").read_text())
-    first = next(r for r in runs if r != second)
+    assert len(list(runs.iterdir())) == 2
+    second = next(
+        r for r in runs.iterdir() if "ckpt_path=last" in (r / ".hydra" / "overrides.yaml").read_text()
+    )
+    first = next(r for r in runs.iterdir() if r != second)
     epochs = {row["epoch"] for row in read_metrics_csv(second) if row.get("val/acc")}
     assert epochs == {"2", "3"}
     # the resumed run keeps writing checkpoints where the first one did
     assert not (second / "checkpoints").exists()
     assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
     # another model is another experiment: nothing to resume
-    other = run_cli("dpn_lab.train", "ckpt_path=last", "model.n_components=4", cwd=tmp_path)
+    other = run_in_process("dpn_lab.train", "ckpt_path=last", "model.n_components=4", cwd=tmp_path)
     assert other.returncode == 1 and "ckpt_path=last: no earlier run of this data+model+seed" in other.stderr
 
 
 def test_ddp_with_two_cpu_processes_ends_with_identical_parameters(tmp_path):
-    result = run_cli("dpn_lab.train", "trainer=ddp_sim", "trainer.max_epochs=2", "logger=none", cwd=tmp_path)
+    result = run_cli(
+        "dpn_lab.train", "trainer=ddp_sim", "trainer.max_epochs=2", "logger=none", *QUICK, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only((tmp_path / "outputs" / "train" / "runs").iterdir())
     checksums = json.loads((run_dir / "rank_checksums.json").read_text())
@@ -90,13 +93,14 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_parameters(tmp_path):
 
 
 def test_multirun_writes_a_summary_and_records_failed_jobs(tmp_path):
-    result = run_cli(
+    result = run_in_process(
         "dpn_lab.train",
         "-m",
         "model.n_steps=0,2",
         "model.n_components=4,5000",
         "trainer.max_epochs=1",
         "logger=none",
+        *QUICK,
         cwd=tmp_path,
     )
     # a sweep with failed jobs exits 1 after its summary table, which is printed
@@ -119,7 +123,7 @@ def test_multirun_writes_a_summary_and_records_failed_jobs(tmp_path):
 
 
 def test_multirun_with_several_devices_per_job_says_what_to_use(tmp_path):
-    result = run_cli(
+    result = run_in_process(
         "dpn_lab.train",
         "-m",
         "trainer.devices=2",
@@ -148,13 +152,14 @@ def sweep_rows(tmp_path: Path) -> list[dict[str, str]]:
 
 
 def test_optuna_search_runs_trials(tmp_path):
-    result = run_cli(
+    result = run_in_process(
         "dpn_lab.train",
         "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "trainer.max_epochs=1",
         "logger=none",
+        *QUICK,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -175,6 +180,7 @@ def test_multirun_job_with_two_devices_runs_with_ddp_spawn(tmp_path):
         "model.n_steps=2",
         "trainer.max_epochs=1",
         "logger=none",
+        *QUICK,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,6 +196,7 @@ def test_submitit_local_launcher_runs_jobs(tmp_path):
         "model.n_steps=0,2",
         "trainer.max_epochs=1",
         "logger=none",
+        *QUICK,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

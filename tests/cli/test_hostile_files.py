@@ -3,39 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import DATA_ARGS, LEGACY_TARGET, checkpoint_file, payloads, placements, untouched
+from conftest import (
+    DATA_ARGS,
+    LEGACY_TARGET,
+    checkpoint_file,
+    payloads,
+    placements,
+    run_in_process,
+    untouched,
+)
 from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 
 
 def run_all(commands: list[tuple[str, list[str]]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Run the CLI commands side by side (each is mostly import time)."""
-    env = {**os.environ, "DPN_LAB_ROOT": str(cwd), "WANDB_MODE": "offline"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for module, args in commands
-    ]
-    results = []
-    for (module, args), process in zip(commands, processes, strict=True):
-        out, err = process.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess([module, *args], process.returncode, out, err))
-    return results
+    """Run the commands one after the other, in-process (each is refused before any training)."""
+    return [run_in_process(module, *args, cwd=cwd) for module, args in commands]
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import helpers_env, no_process_mentions, run_cli, start_cli, wait_until
+from conftest import QUICK, helpers_env, no_process_mentions, run_cli, run_in_process, start_cli, wait_until
 from dpn_lab.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
-FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
+FAST = ["logger=csv", *QUICK]
 
 
 def mid_epoch(cwd: Path) -> list[str]:
@@ -94,7 +94,7 @@ def test_an_unwritable_stdout_and_an_ascii_terminal_do_not_lose_the_run(tmp_path
 
 
 def test_a_bug_is_one_line_with_its_traceback_in_the_run_directory(tmp_path):
-    result = run_cli(
+    result = run_in_process(
         "dpn_lab.train",
         "trainer.max_epochs=1",
         *FAST,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import helpers_env, no_process_mentions, run_cli, start_cli, wait_until
+from conftest import QUICK, helpers_env, no_process_mentions, run_cli, run_in_process, start_cli, wait_until
 from dpn_lab.checkpoints import read_checkpoint
 
-FAST = ["logger=csv", "callbacks.figures.every_n_epochs=0", "robustness@eval=none"]
+FAST = ["logger=csv", *QUICK]
 
 
 def final_state(run_dir: Path) -> dict:
@@ -21,7 +21,7 @@ def final_state(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_path):
-    args = ["seed=3", "trainer.deterministic=true", "trainer.max_epochs=10", *FAST]
+    args = ["seed=3", "trainer.deterministic=true", "trainer.max_epochs=6", *FAST]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     assert run_cli("dpn_lab.train", *args, cwd=whole).returncode == 0
@@ -38,13 +38,13 @@ def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_
     (first,) = (killed / "outputs" / "train" / "runs").iterdir()
     assert not (first / "result.json").exists()  # it really was killed mid-training
     epoch_at_kill = read_checkpoint(str(first / "checkpoints" / "last.ckpt"))["epoch"]
-    assert 2 <= epoch_at_kill < 9
+    assert 2 <= epoch_at_kill < 5
 
     resumed = run_cli("dpn_lab.train", *args, "ckpt_path=last", cwd=killed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (whole_run,) = (whole / "outputs" / "train" / "runs").iterdir()
     a, b = final_state(whole_run), final_state(first)
-    assert a["epoch"] == b["epoch"] == 9 and a["global_step"] == b["global_step"]
+    assert a["epoch"] == b["epoch"] == 5 and a["global_step"] == b["global_step"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     second = next(r for r in (killed / "outputs" / "train" / "runs").iterdir() if r != first)
@@ -57,7 +57,7 @@ def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_
 @pytest.mark.slow
 def test_divergence_stops_with_its_cause_and_keeps_the_last_good_checkpoint(tmp_path):
     # the learning rate grows 10^4-fold per epoch: fine in epoch 0, diverging soon after
-    result = run_cli(
+    result = run_in_process(
         "dpn_lab.train",
         "model.scheduler._target_=torch.optim.lr_scheduler.ExponentialLR",
         "~model.scheduler.T_max",
@@ -70,7 +70,7 @@ def test_divergence_stops_with_its_cause_and_keeps_the_last_good_checkpoint(tmp_
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
     assert lines[-1].startswith("error: DivergenceError: training diverged at epoch ")
-    assert "global step" in lines[-1] and "model.optimizer.lr=" in lines[-1]
+    assert "global step" in lines[-1] and "the learning rate (now " in lines[-1]
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     for path in (run / "checkpoints").glob("*.ckpt"):
         state = read_checkpoint(str(path))["state_dict"]
@@ -80,10 +80,8 @@ def test_divergence_stops_with_its_cause_and_keeps_the_last_good_checkpoint(tmp_
 
 
 @pytest.mark.slow
-def test_wrong_inputs_at_the_command_line_are_one_line(tmp_path):
-    trained = run_cli("dpn_lab.train", "trainer.max_epochs=1", *FAST, cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    (ckpt,) = (tmp_path / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt")
+def test_wrong_inputs_at_the_command_line_are_one_line(trained_run, tmp_path):
+    ckpt = trained_run.last
     corrupt_mnist = tmp_path / "data" / "MNIST" / "raw"
     corrupt_mnist.mkdir(parents=True)
     for name in (
@@ -111,7 +109,7 @@ def test_wrong_inputs_at_the_command_line_are_one_line(tmp_path):
         ),
     ]
     for args, expected in cases:
-        result = run_cli("dpn_lab.train", *args, *FAST, cwd=tmp_path)
+        result = run_in_process("dpn_lab.train", *args, *FAST, cwd=tmp_path)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, args
@@ -119,7 +117,7 @@ def test_wrong_inputs_at_the_command_line_are_one_line(tmp_path):
     for module in ("dpn_lab.eval", "dpn_lab.analyze"):
         bad = tmp_path / "bad.ckpt"
         bad.write_bytes(b"garbage")
-        result = run_cli(module, f"ckpt_path={bad}", cwd=tmp_path)
+        result = run_in_process(module, f"ckpt_path={bad}", cwd=tmp_path)
         assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
             f"error: ConfigError: ckpt_path={bad}: not a"
         ), result.stderr[-1000:]
@@ -132,7 +130,7 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
         "dpn_lab.train",
         "logger=wandb",
         "trainer.max_epochs=1",
-        "callbacks.figures.every_n_epochs=0",
+        *QUICK,
         cwd=tmp_path,
         env={"WANDB_API_KEY": secret, "WANDB_MODE": "offline"},
     )
@@ -168,7 +166,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     state = read_checkpoint(str(last))
     assert state["epoch"] < 199
     assert json.loads((run / "result.json").read_text())["status"] == "preempted"
-    resumed = run_cli(
+    resumed = run_in_process(
         "dpn_lab.train",
         "trainer.max_epochs=" + str(state["epoch"] + 2),
         "ckpt_path=last",

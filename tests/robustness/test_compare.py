@@ -5,18 +5,19 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 
 
 @pytest.mark.slow
 def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
-    result = run_cli(
+    result = run_in_process(
         "dpn_lab.train",
         "experiment=robustness_digits",
         "recipe=robust_extractor",  # one recipe of the four
         "seed=0,1",
         "trainer.max_epochs=1",
         "eval.corruptions=[gaussian]",
+        "eval.test_steps=null",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_in_process
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.robustness.evaluate import accuracy_at_coverage, auroc, robustness_rows, steps_rows
 
@@ -64,15 +64,10 @@ def test_uncertainty_columns_of_a_dpn_on_noise():
 
 
 @pytest.mark.slow
-def test_eval_writes_every_corruption_and_level(tmp_path):
-    trained = run_cli(
-        "dpn_lab.train", "trainer.max_epochs=1", "logger=none", "robustness@eval=none", cwd=tmp_path
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    (ckpt,) = (tmp_path / "outputs" / "train" / "runs").glob("*/checkpoints/last.ckpt")
-    result = run_cli(
+def test_eval_writes_every_corruption_and_level(trained_run, tmp_path):
+    result = run_in_process(
         "dpn_lab.eval",
-        f"ckpt_path={ckpt}",
+        f"ckpt_path={trained_run.last}",
         "eval.levels.gaussian=[0,0.25]",
         "eval.test_steps=[0,5,10]",
         cwd=tmp_path,

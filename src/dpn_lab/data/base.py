@@ -45,13 +45,13 @@ class TensorDataModule(L.LightningDataModule):
 
     Args:
         batch_size: global batch size; under DDP each device gets batch_size / world_size.
+        train_corruption, test_corruption: None or {kind: <a kind of dpn_lab.data.corruption.CORRUPTIONS>,
+            severity: float}. Training corruption is drawn fresh for every batch from a generator seeded by
+            (run seed, epoch, batch index, rank); test/val corruption is drawn once from split_seed.
         val_fraction, test_fraction: stratified split fractions (test_fraction is ignored for sources with
             an official test set).
         split_seed: seed of the deterministic stratified split (separate from the training seed).
-        train_corruption, test_corruption: None or {kind: <a kind of dpn_lab.data.corruption.CORRUPTIONS>,
-            severity: float}. Training
-            corruption is drawn fresh for every batch from a generator seeded by (run seed, epoch, batch
-            index, rank); test/val corruption is drawn once from split_seed.
+        num_workers, data_dir, download: DataLoader workers; where files live; whether to fetch them.
     """
 
     config_name: str = ""  # the data/ group option, and the name stored checkpoints rebuild it by
@@ -62,12 +62,12 @@ class TensorDataModule(L.LightningDataModule):
     def __init__(
         self,
         batch_size: int = 64,
+        train_corruption: dict[str, Any] | None = None,
+        test_corruption: dict[str, Any] | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
         num_workers: int = 0,
-        train_corruption: dict[str, Any] | None = None,
-        test_corruption: dict[str, Any] | None = None,
         data_dir: str = "data",
         download: bool = False,
     ) -> None:

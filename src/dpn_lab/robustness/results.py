@@ -22,7 +22,7 @@ import shutil
 import statistics
 import subprocess
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ def record(sweep_dir: Path, results_dir: Path, command: str, sentinel: str, seco
         "command": command,
         "commit": _git("rev-parse", "HEAD", cwd=root),
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", "src", "conf", cwd=root)),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{_processor()}, {os.cpu_count()} cores, {platform.system()}",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

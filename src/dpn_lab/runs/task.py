@@ -103,6 +103,7 @@ def command_line(command: str, help_text: str, hydra_main: Callable[[], Any]) ->
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")  # e.g. PYTHONIOENCODING=ascii and a progress bar
     output = sys.stdout = _TolerantOutput(sys.stdout)
+    sweep_summary.last_sweep, failed_run.error = None, None  # a command run again in one process starts clean
     preflight(command, help_text)
     _quiet_the_noise()
     os.environ.setdefault("DPN_LAB_TRACEBACK", "1" if wants_traceback() else "0")
