@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# installed without their declared dependencies (constraints.txt says why), so not in pyproject.toml
+NO_DEPS := torchattacks
 
 .PHONY: install test test-fast lint bench train robustness clean
 
@@ -12,6 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps $(NO_DEPS)
 	touch $(STAMP)
 
 # everything, slow tests included: what .ci/run calls

@@ -25,6 +25,7 @@ from dpn_lab.model.options import (
     PRECISIONS,
     STEP_SIZES,
 )
+from dpn_lab.robustness.attacks import ATTACKS, GRADIENTS
 
 EVAL_SPLITS = ("test", "val")
 CONF_DIR = Path(str(files("dpn_lab.conf")))
@@ -152,6 +153,14 @@ ANALYZE_RULES: dict[str, Choice | Number] = {
 SWEEPER_RULES: dict[str, Choice | Number] = {
     "hydra.sweeper.n_trials": Number(integer=True, low=1),
     "hydra.sweeper.n_jobs": Number(integer=True, low=1),
+}
+ATTACK_RULES: dict[str, Choice | Number] = {
+    "eval.attack_steps": Number(integer=True, low=1),
+    "eval.attack_step_size": Number(low=0, low_open=True),
+    "eval.attack_restarts": Number(integer=True, low=1),
+    "eval.attack_queries": Number(integer=True, low=1),
+    "eval.attack_samples": Number(integer=True, low=1),
+    "eval.masking_eps": Number(low=0, high=1, low_open=True),
 }
 TOP_RULES: dict[str, Choice | Number] = {"seed": Number(integer=True, low=0, nullable=True)}
 # classes a command line may name as model.optimizer / model.scheduler (by module path prefix)
@@ -310,6 +319,29 @@ def _check_robustness(cfg: DictConfig) -> None:
         )
 
 
+def _check_attacks(cfg: DictConfig) -> None:
+    _check_rules(cfg, ATTACK_RULES)
+    kinds = _select_container(cfg, "eval.attacks", False, f"a list of {', '.join(ATTACKS)}")
+    if not kinds:
+        return
+    for i, kind in enumerate(kinds):
+        _check_rules(cfg, {f"eval.attacks.{i}": Choice(tuple(ATTACKS))})
+        radii = OmegaConf.select(cfg, f"eval.attack_eps.{kind}")
+        if not OmegaConf.is_list(radii) or not radii:
+            raise ConfigError(
+                f"eval.attack_eps.{kind}={radii!r} is not allowed: use a non-empty list of radii"
+            )
+        for j in range(len(radii)):
+            _check_rules(cfg, {f"eval.attack_eps.{kind}.{j}": Number(low=0, high=ATTACKS[kind].max_eps)})
+    gradients = _select_container(cfg, "eval.attack_gradient", False, f"a list of {', '.join(GRADIENTS)}")
+    if not gradients:
+        raise ConfigError(
+            f"eval.attack_gradient={gradients!r} is not allowed: use a non-empty list of {', '.join(GRADIENTS)}"
+        )
+    for i in range(len(gradients)):
+        _check_rules(cfg, {f"eval.attack_gradient.{i}": Choice(GRADIENTS)})
+
+
 def _check_ckpt_path(cfg: DictConfig, required: bool) -> None:
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt is None and not required:
@@ -357,6 +389,7 @@ def validate_config(cfg: DictConfig, command: str = "train") -> None:
         lambda: _check_corruption(cfg, "data.test_corruption"),
         lambda: _check_devices(cfg),
         lambda: _check_robustness(cfg),
+        lambda: _check_attacks(cfg),
         lambda: _check_ckpt_path(cfg, required=command != "train"),
     ]
     for check in checks:

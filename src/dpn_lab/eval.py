@@ -6,6 +6,7 @@ cannot run code. Model and (unless data= is given) data are rebuilt from what it
 
 Key options:
   ckpt_path=PATH (required)   data=... (test on other data)   robustness@eval=default|gaussian|none
+  eval.attacks=[pgd_linf,pgd_l2,square_linf] eval.attack_eps.pgd_linf=[0.05,0.1]   (adversarial accuracy)
   eval.split=test|val   eval.test_steps=[0,1,5,20] (vary the refinement steps at test time)   logger=wandb
 
 Example:
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 
 from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 from dpn_lab.config import validate_config
+from dpn_lab.robustness.attacks import report_attacks
 from dpn_lab.robustness.evaluate import report_robustness
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
 from dpn_lab.runs.resolvers import register_resolvers
@@ -53,6 +55,10 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]
     metrics = scalars(trainer.callback_metrics)
     if cfg.eval.corruptions:
         metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
+    if cfg.eval.attacks:
+        metrics.update(
+            report_attacks(model.net, datamodule, cfg.eval, model.hparams.n_classes, output_dir, loggers)
+        )
     return metrics, None
 
 

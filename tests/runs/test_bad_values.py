@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from dpn_lab.config import (
     ANALYZE_RULES,
+    ATTACK_RULES,
     CALLBACK_RULES,
     DATA_RULES,
     MODEL_RULES,
@@ -23,13 +24,17 @@ pytestmark = pytest.mark.slow  # ~0.2 s per example (one compose each)
 WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
 # key -> (command, the arguments that make the key exist)
 GROUPS = {
-    **{key: ("train", []) for key in {**TOP_RULES, **MODEL_RULES, **DATA_RULES, **TRAINER_RULES}},
+    **{
+        key: ("train", [])
+        for key in {**TOP_RULES, **MODEL_RULES, **DATA_RULES, **TRAINER_RULES, **ATTACK_RULES}
+    },
     **{key: ("train", []) for key in CALLBACK_RULES if not key.startswith("callbacks.early_stopping")},
     **{key: ("analyze", ["ckpt_path=CKPT"]) for key in ANALYZE_RULES},
     **{key: ("train", ["hparams_search=optuna"]) for key in SWEEPER_RULES},
 }
 RULES = {
     **TOP_RULES,
+    **ATTACK_RULES,
     **MODEL_RULES,
     **DATA_RULES,
     **TRAINER_RULES,

@@ -111,6 +111,29 @@ BAD = [
     (["hydra.run.dir=" + "x" * 300], "is too long: each name at most 255 bytes"),
     (["paths.checkpoint_dir=/proc/dpn_lab_ckpt"], "paths.checkpoint_dir=/proc/dpn_lab_ckpt is not writable"),
     (["-m", "hydra.sweep.dir=/proc/dpn_lab_sweep"], "hydra.sweep.dir=/proc/dpn_lab_sweep is not writable"),
+    # adversarial evaluation (eval.attacks)
+    (
+        ["eval.attacks=[pgd_linf,fgsm]"],
+        "eval.attacks.1='fgsm' is not allowed; choose one of: pgd_linf, pgd_l2, square_linf, autoattack",
+    ),
+    (
+        ["eval.attacks=[pgd_linf]", "eval.attack_eps.pgd_linf=[-0.1]"],
+        "eval.attack_eps.pgd_linf.0=-0.1 is out of range",
+    ),
+    (
+        ["eval.attacks=[square_linf]", "eval.attack_eps.square_linf=[1.5]"],
+        "eval.attack_eps.square_linf.0=1.5 is out of range: must be a number >= 0 and <= 1",
+    ),
+    (
+        ["eval.attacks=[pgd_l2]", "eval.attack_steps=0"],
+        "eval.attack_steps=0 is out of range: must be an integer >= 1",
+    ),
+    (
+        ["eval.attacks=[pgd_l2]", "eval.attack_gradient=[exact]"],
+        "eval.attack_gradient.0='exact' is not allowed",
+    ),
+    (["eval.attacks=[pgd_l2]", "eval.attack_samples=0"], "eval.attack_samples=0 is out of range"),
+    (["eval.attacks=pgd_linf"], "eval.attacks='pgd_linf' is not allowed: use a list of pgd_linf"),
     # what Hydra or OmegaConf raise while composing or resolving (each printed a traceback once)
     (["=5"], "=5: an override needs a key, e.g. model.n_components=5"),
     (["data=5"], "data=5: 5 is not an option of data/; choose one of: blobs, cifar10, digits"),

@@ -230,9 +230,11 @@ def training_curves(history: dict[str, list[tuple[int, float]]]) -> Figure:
     return fig
 
 
-def accuracy_plot(curves: Mapping[str, list[dict]], title: str) -> Figure:
+def accuracy_plot(
+    curves: Mapping[str, list[dict]], title: str, units: Mapping[str, str] | None = None
+) -> Figure:
     """Accuracy vs severity, one panel per corruption, one line per model ({label: rows}); rows may carry
-    `accuracy_std` for error bars."""
+    `accuracy_std` for error bars. `units` names the x axis of each panel (default: the corruption's)."""
     kinds = list(dict.fromkeys(row["corruption"] for rows in curves.values() for row in rows))
     fig, axes = plt.subplots(
         1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False, layout="constrained"
@@ -249,7 +251,7 @@ def accuracy_plot(curves: Mapping[str, list[dict]], title: str) -> Figure:
                 label=label,
             )
         ax.set_title(kind)
-        ax.set_xlabel(CORRUPTIONS[kind].unit)
+        ax.set_xlabel((units or {}).get(kind) or CORRUPTIONS[kind].unit)
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
