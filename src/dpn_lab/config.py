@@ -23,6 +23,7 @@ from dpn_lab.model.options import (
     GRADIENT_IMPLS,
     INIT_METHODS,
     PRECISIONS,
+    REFINEMENTS,
     STEP_SIZES,
 )
 from dpn_lab.robustness.attacks import ATTACKS, GRADIENTS
@@ -106,6 +107,7 @@ MODEL_RULES: dict[str, Choice | Number] = {
     "model.extractor_kwargs.pool": Choice(CNN_POOLS),
     "model.consistency_weight": Number(low=0),
     "model.center_update": Choice(CENTER_UPDATES),
+    "model.refinement": Choice(REFINEMENTS),
     "model.center_momentum": Number(low=0, high=1, high_open=True),
     "model.init_step_limit": Number(low=0, low_open=True, nullable=True),
     "model.compile": Choice((True, False)),

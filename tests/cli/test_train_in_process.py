@@ -53,3 +53,15 @@ def test_every_precision_allowed_on_cpu_trains(make_cfg, precision):
     )
     metrics, _ = train(cfg, Path(cfg.paths.output_dir))
     assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_the_capacity_matched_control_trains_through_the_same_run(make_cfg):
+    cfg = make_cfg(["model.refinement=residual_mlp", "trainer.max_epochs=2", "logger=none"])
+    metrics, best = train(cfg, Path(cfg.paths.output_dir))
+    assert metrics["test/acc"] > 0.5 and Path(best).is_file()
+    state = torch.load(best, weights_only=True)
+    assert (
+        state["hyper_parameters"]["refinement"] == "residual_mlp"
+        and state["hyper_parameters"]["n_steps"] == 5
+    )
+    assert any(key.startswith("net.residual.") for key in state["state_dict"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytorch_lightning as L
@@ -16,11 +16,13 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dpn_lab.data.corruption import corrupt, seeded_generator
-from dpn_lab.errors import DivergenceError, NonFiniteRefinementError
+from dpn_lab.errors import DivergenceError, NonFiniteRefinementError, choice_error
 from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
 from dpn_lab.model.extractors import build_extractor, extractor_arguments
 from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.options import REFINEMENTS
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
+from dpn_lab.model.residual_control import ResidualMLP, matched_width
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class DPNLitModule(L.LightningModule):
     mean of the clean features of the batches that step used (all micro-batches under gradient
     accumulation), with momentum `center_momentum` (identical on all DDP ranks).
     `init_step_limit` is what KMeansInit caps eta * lambda_max at after placing the potential.
+    `refinement=residual_mlp` replaces the ascent by the capacity-matched control x_0 + MLP(x_0)
+    (dpn_lab.model.residual_control), its width set by the potential the same arguments describe.
     `**potential` takes the PotentialConfig fields (feature_dim, n_components, n_steps, ...), flat, as the
     `model.*` keys of the config give them. Hyperparameters are plain values, so checkpoints load with
     weights_only=True; the optimizer and scheduler factories (Hydra `_partial_`) are not stored in them.
@@ -73,6 +77,7 @@ class DPNLitModule(L.LightningModule):
         center_momentum: float = 0.9,
         init_step_limit: float | None = 0.25,
         compile: bool = False,
+        refinement: str = "potential",
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         **potential: Any,
@@ -84,7 +89,7 @@ class DPNLitModule(L.LightningModule):
         self.hparams.update(asdict(config))  # every potential argument, defaults included, in checkpoints
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         backbone = build_extractor(extractor, tuple(input_shape), config.feature_dim, **extractor_kwargs)
-        self.net = FullArchitecture(backbone, DenoisingPotential(config), n_classes)
+        self.net = self._network(backbone, config, n_classes, refinement)
         self.example_input_array = torch.zeros(1, *input_shape)  # the model summary counts FLOPs with it
         if compile:  # the ascent only: an attribute over the method, so state_dict keys stay as they are
             self.net.potential.refine = torch.compile(self.net.potential.refine)
@@ -107,6 +112,19 @@ class DPNLitModule(L.LightningModule):
         # self.log per window (each call moves Lightning's metric state, ~0.7 ms on CPU), no host sync
         self._loss_window: list[Tensor] = []
         self._log_every = 1  # the trainer's log_every_n_steps, read when training starts
+
+    @staticmethod
+    def _network(backbone, config: PotentialConfig, n_classes: int, refinement: str) -> FullArchitecture:
+        if refinement not in REFINEMENTS:
+            raise choice_error("model.refinement", refinement, REFINEMENTS)
+        potential = DenoisingPotential(config)
+        if refinement == "potential":
+            return FullArchitecture(backbone, potential, n_classes)
+        matched = sum(p.numel() for p in potential.parameters())
+        residual = ResidualMLP(config.feature_dim, matched_width(matched, config.feature_dim))
+        count = sum(p.numel() for p in residual.parameters())
+        log.info(f"residual_mlp control: {count:,} parameters in place of the potential's {matched:,}")
+        return FullArchitecture(backbone, DenoisingPotential(replace(config, n_steps=0)), n_classes, residual)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)

@@ -12,3 +12,4 @@ CNN_NORMS = ("batch", "group")
 CNN_POOLS = ("avg", "flatten")
 INIT_METHODS = ("kmeans", "gmm")
 CENTER_UPDATES = ("none", "ema")
+REFINEMENTS = ("potential", "residual_mlp")  # residual_mlp: the capacity-matched control

@@ -64,7 +64,7 @@ def attacked(net: FullArchitecture, gradient: str) -> nn.Module:
 
         def forward(self, images: Tensor) -> Tensor:
             features = self.net.features(images)
-            refined = self.net.potential(features)
+            refined = self.net.refined(features)
             if gradient == "bpda":
                 refined = features + (refined - features).detach()
             return self.net.classifier(refined)
