@@ -43,7 +43,7 @@ robustness: install
 	start=$$(date +%s) && \
 	$(BIN)/python -m dpn_lab.train experiment=robustness_digits hydra.sweep.dir=$(ROBUSTNESS_DIR) && \
 	$(BIN)/python -m dpn_lab.results record robustness_digits $(ROBUSTNESS_DIR) --command "make robustness" \
-		--sentinel "recipe=robust_extractor model.n_steps=5 seed=0" --seconds $$(( $$(date +%s) - start ))
+		--sentinel "recipe=robust_extractor variant=dpn seed=0" --seconds $$(( $$(date +%s) - start ))
 
 train: install
 	$(BIN)/python -m dpn_lab.train $(ARGS)

@@ -298,6 +298,23 @@ def _check_corruption(cfg: DictConfig, key: str) -> None:
     _check_rules(cfg, {f"{key}.severity": Number(low=0, high=CORRUPTIONS[spec.kind].max_severity)})
 
 
+def _check_noise_pairs(cfg: DictConfig) -> None:
+    """A corruption spec, or an attack {kind, severity: eps, steps (optional)} for adversarial pairs."""
+    key = "model.noise_pairs"
+    spec = OmegaConf.select(cfg, key)
+    if OmegaConf.is_dict(spec) and spec.get("kind") not in (*CORRUPTIONS, *ATTACKS):
+        _check_rules(cfg, {f"{key}.kind": Choice((*CORRUPTIONS, *ATTACKS))})
+    if not (OmegaConf.is_dict(spec) and spec.get("kind") in ATTACKS):
+        _check_corruption(cfg, key)
+        return
+    if not {"kind", "severity"} <= set(spec) <= {"kind", "severity", "steps"}:
+        raise ConfigError(
+            f"{key}={spec!r} is not allowed: use {{kind: {spec.kind}, severity: <eps>, steps: <int>}}"
+        )
+    _check_rules(cfg, {f"{key}.severity": Number(low=0, low_open=True, high=ATTACKS[spec.kind].max_eps)})
+    _check_rules(cfg, {f"{key}.steps": Number(integer=True, low=1)})
+
+
 def _check_robustness(cfg: DictConfig) -> None:
     kinds = _select_container(cfg, "eval.corruptions", False, f"a list of {', '.join(CORRUPTIONS)}")
     if kinds is None:
@@ -379,7 +396,7 @@ def validate_config(cfg: DictConfig, command: str = "train") -> None:
             lambda: _check_rules(cfg, MODEL_RULES),
             lambda: _check_model_consistency(cfg),
             lambda: _check_model_size(cfg),
-            lambda: _check_corruption(cfg, "model.noise_pairs"),
+            lambda: _check_noise_pairs(cfg),
             lambda: _check_extractor_kwargs(cfg),
             lambda: _check_rules(cfg, CALLBACK_RULES),
         ]

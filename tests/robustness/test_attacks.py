@@ -11,7 +11,7 @@ from torch import nn
 from conftest import run_in_process
 from dpn_lab.model.network import FullArchitecture
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
-from dpn_lab.robustness.attacks import _black_box_check, adversarial_rows, attacked
+from dpn_lab.robustness.attacks import _black_box_check, adversarial_copy, adversarial_rows, attacked
 
 D = 16
 
@@ -186,3 +186,38 @@ def test_more_attack_samples_than_test_images_is_one_line(trained_run, tmp_path)
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
         "error: ConfigError: eval.attack_samples=100000 is out of range: the test split has 360 images"
     )
+
+
+def test_an_adversarial_training_pair_is_the_worst_corner_of_the_linf_ball_on_a_linear_model():
+    torch.manual_seed(0)
+    w = torch.randn(D)
+    images = 0.3 + 0.4 * torch.rand(20, 1, 4, 4)  # inside [eps, 1 - eps]: no clipping
+    net = linear_network(w, b=-float(w.sum()) / 2)
+    labels = torch.arange(20) % 2
+    spec = {"kind": "pgd_linf", "severity": 0.1, "steps": 5}
+    pair = adversarial_copy(net, spec, images, labels, seed=3)
+    # the loss of class y grows fastest along -(2y - 1) w: each pixel moves eps against its label's logit
+    toward = -(2 * labels.float() - 1)[:, None] * torch.sign(w)[None, :]
+    torch.testing.assert_close(pair.view(20, D), images.view(20, D) + 0.1 * toward)
+    torch.testing.assert_close(adversarial_copy(net, spec, images, labels, seed=3), pair)  # reproducible
+
+
+def test_a_dpn_trained_on_adversarial_pairs_attacks_itself_and_keeps_its_mode():
+    from dpn_lab.data.corruption import seeded_generator
+    from dpn_lab.model.lit_module import DPNLitModule
+
+    torch.manual_seed(0)
+    spec = {"kind": "pgd_linf", "severity": 0.2, "steps": 3}
+    model = DPNLitModule([1, 8, 8], 10, extractor="mlp", n_steps=2, noise_pairs=spec).train()
+    model.net.potential.active = True
+    images, labels = torch.rand(8, 1, 8, 8), torch.arange(8)
+    pair = model._paired_copy(images, labels, seeded_generator("noise_pairs", 0, 0, 0, 0))
+    assert model.training and model.net.training
+    assert (pair - images).abs().max() <= 0.2 + 1e-6 and not torch.equal(pair, images)
+    again = model._paired_copy(images, labels, seeded_generator("noise_pairs", 0, 0, 0, 0))
+    torch.testing.assert_close(again, pair)
+    with torch.no_grad():
+        model.eval()
+        clean = torch.nn.functional.cross_entropy(model(images), labels)
+        attacked_loss = torch.nn.functional.cross_entropy(model(pair), labels)
+    assert attacked_loss > clean

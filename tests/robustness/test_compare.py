@@ -13,11 +13,16 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
     result = run_in_process(
         "dpn_lab.train",
         "experiment=robustness_digits",
-        "recipe=robust_extractor",  # one recipe of the four
+        "recipe=robust_extractor",  # one recipe of the three
+        "variant=ablation,dpn",
         "seed=0,1",
         "trainer.max_epochs=1",
         "eval.corruptions=[gaussian]",
         "eval.test_steps=null",
+        "eval.attacks=[pgd_linf]",
+        "eval.attack_eps.pgd_linf=[0.1]",
+        "eval.attack_samples=30",
+        "eval.attack_steps=3",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -25,7 +30,7 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
     with open(sweep / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     models = list(dict.fromkeys(r["model"] for r in rows))
-    assert models == ["model.n_steps=0 (no refinement)", "model.n_steps=5", "logistic regression", "RBF SVC"]
+    assert models == ["variant=ablation", "variant=dpn", "logistic regression", "RBF SVC"]
     assert all(r["n_seeds"] == "2" for r in rows)
     # every model was evaluated on the same two test sets (one per split seed)...
     test_sets = {r["test_sets"] for r in rows}
@@ -43,14 +48,16 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
     table = (sweep / "comparison.md").read_text()
     assert "| gaussian | 0.4 |" in table and "± " in table
     # DPN minus its matched ablation, marked where it exceeds 2 std
-    cell = {(r["model"], r["severity"]): r for r in rows}
     with open(sweep / "comparison_vs_ablation.csv") as f:
         differences = list(csv.DictReader(f))
-    assert {d["model"] for d in differences} == {"model.n_steps=5"} and len(differences) == 5
+    # five Gaussian levels, PGD at eps 0.1 and the masking check (the attack rows have no baselines)
+    assert {d["model"] for d in differences} == {"variant=dpn"} and len(differences) == 7
+    assert {d["corruption"] for d in differences} == {"gaussian", "pgd_linf", "pgd_linf masking check"}
+    cell = {(r["model"], r["corruption"], r["severity"]): r for r in rows}
     for d in differences:
         dpn, ablation = (
-            cell[("model.n_steps=5", d["severity"])],
-            cell[("model.n_steps=0 (no refinement)", d["severity"])],
+            cell[("variant=dpn", d["corruption"], d["severity"])],
+            cell[("variant=ablation", d["corruption"], d["severity"])],
         )
         difference = float(dpn["accuracy"]) - float(ablation["accuracy"])
         assert float(d["accuracy_diff"]) == pytest.approx(difference)

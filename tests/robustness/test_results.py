@@ -46,9 +46,40 @@ def test_the_recipe_table_puts_ablation_dpn_and_a_marked_difference_side_by_side
         row("RBF SVC", 0.85, 0.0),
     ]
     table = recipe_table(summary, "accuracy", baselines=True).splitlines()
-    assert table[0] == "| corruption | severity | (a) a: T=0 / T=5 / diff | RBF SVC |"
+    assert table[0] == "| corruption | severity | (a) a: ablation / DPN / DPN-ablation | RBF SVC |"
     # 0.90 - 0.80 = +0.100 > 2 x max(0.01, 0.02): marked
     assert table[2] == "| gaussian | 0.1 | 0.800 ± 0.010 / 0.900 ± 0.020 / +0.100* | 0.850 ± 0.000 |"
+
+
+def test_the_recipe_table_compares_the_dpn_with_its_ablation_and_its_control():
+    def row(model, accuracy, std, check=""):
+        undefined = {
+            f"{m}{s}": float("nan") for m in ("auroc_potential", "acc90_potential") for s in ("", "_std")
+        }
+        return {
+            "model": model,
+            "corruption": "pgd_linf",
+            "severity": 0.1,
+            "accuracy": accuracy,
+            "accuracy_std": std,
+            "check": check,
+            **undefined,
+        }
+
+    summary = [
+        row("recipe=r variant=ablation", 0.50, 0.01),
+        row("recipe=r variant=control", 0.70, 0.05, "1 of 3 seeds: (c) full and BPDA differ by 0.030"),
+        row("recipe=r variant=dpn", 0.60, 0.01),
+    ]
+    table = recipe_table(summary, "accuracy", baselines=False).splitlines()
+    assert (
+        table[0] == "| corruption | severity | (a) r: ablation / control / DPN / DPN-ablation / DPN-control |"
+    )
+    # +0.100 > 2 x 0.01: marked; -0.100 < 2 x 0.05: not; the control's row carries its check mark
+    assert (
+        table[2]
+        == "| pgd_linf | 0.1 | 0.500 ± 0.010 / 0.700 ± 0.050 [c] / 0.600 ± 0.010 / +0.100* / -0.100 |"
+    )
 
 
 @pytest.mark.slow  # one training run per committed result (~30 s each on 2 cores)

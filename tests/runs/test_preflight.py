@@ -134,6 +134,26 @@ BAD = [
     ),
     (["eval.attacks=[pgd_l2]", "eval.attack_samples=0"], "eval.attack_samples=0 is out of range"),
     (["eval.attacks=pgd_linf"], "eval.attacks='pgd_linf' is not allowed: use a list of pgd_linf"),
+    (
+        ["+model.noise_pairs={kind: pgd_linf, severity: 1.5}"],
+        "model.noise_pairs.severity=1.5 is out of range: must be a number > 0 and <= 1",
+    ),
+    (
+        ["+model.noise_pairs={kind: pgd_l2, severity: 0.5, steps: 0}"],
+        "model.noise_pairs.steps=0 is out of range",
+    ),
+    (
+        ["+model.noise_pairs={kind: fgsm, severity: 0.1}"],
+        "model.noise_pairs.kind='fgsm' is not allowed; choose one of: gaussian",
+    ),
+    (
+        ["model.refinement=mlp"],
+        "model.refinement='mlp' is not allowed; choose one of: potential, residual_mlp",
+    ),
+    (
+        ["variant=deep"],
+        "Could not find 'variant/deep'; available options in 'variant': ablation, control, dpn",
+    ),
     # what Hydra or OmegaConf raise while composing or resolving (each printed a traceback once)
     (["=5"], "=5: an override needs a key, e.g. model.n_components=5"),
     (["data=5"], "data=5: 5 is not an option of data/; choose one of: blobs, cifar10, digits"),

@@ -23,6 +23,7 @@ from dpn_lab.model.network import FullArchitecture
 from dpn_lab.model.options import REFINEMENTS
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 from dpn_lab.model.residual_control import ResidualMLP, matched_width
+from dpn_lab.robustness.attacks import ATTACKS, adversarial_copy
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class DPNLitModule(L.LightningModule):
     `step_supervision` trains every refinement step directly (and the extractor through step 0 even with
     grad_mode=detach); `aux_loss_weight` keeps the unrefined features classifiable on their own.
     `noise_pairs` ({kind, severity} of dpn_lab.data.corruption, or None) trains every batch on its clean and
-    its corrupted copy (the CE terms cover both); the consistency term asks the refinement to carry the
+    its corrupted copy (the CE terms cover both); a kind of dpn_lab.robustness.attacks (e.g. {kind: pgd_linf,
+    severity: 0.1, steps: 7}) makes the copy an attack on the current network, through the refinement; the consistency term asks the refinement to carry the
     corrupted copy to the clean features. With n_steps=0 the same recipe is the matched ablation. The
     noise comes from a generator seeded by (run seed, epoch, batch index, rank).
     `center_update=ema` moves each center after every optimizer step toward the responsibility-weighted
@@ -176,7 +178,7 @@ class DPNLitModule(L.LightningModule):
             generator = seeded_generator(
                 "noise_pairs", torch.initial_seed(), self.current_epoch, batch_idx, self.global_rank
             )
-            noisy = corrupt(images, hp.noise_pairs["kind"], hp.noise_pairs["severity"], generator)
+            noisy = self._paired_copy(images, labels, generator)
             images, labels = torch.cat([images, noisy]), torch.cat([labels, labels])
         # one host sync per step, on the loss: a non-finite refinement makes it non-finite too, and is named then
         with self.net.potential.finite_check_deferred():
@@ -208,6 +210,14 @@ class DPNLitModule(L.LightningModule):
             self.log("train/loss", torch.stack(self._loss_window).mean(), prog_bar=True)
             self._loss_window.clear()
         return loss
+
+    def _paired_copy(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """The batch's pair: a corruption drawn from `generator`, or an attack on the current network."""
+        spec = self.hparams.noise_pairs
+        if spec["kind"] in ATTACKS:
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            return adversarial_copy(self.net, spec, images, labels, seed)
+        return corrupt(images, spec["kind"], spec["severity"], generator)
 
     def on_train_epoch_start(self) -> None:
         self.component_counts.zero_()

@@ -48,6 +48,7 @@ ATTACKS: dict[str, AttackKind] = {
 }
 log = logging.getLogger(__name__)
 GRADIENTS = ("full", "bpda")
+PAIR_STEPS = 7  # PGD steps for an adversarial training pair unless noise_pairs.steps says otherwise
 ATTACK_COLUMNS = ("attack", "eps", "gradient", "accuracy", "n", "check")
 CHANCE_MARGIN, AGREEMENT = 0.05, 0.02  # masking checks (a) and (b, c)
 
@@ -118,13 +119,35 @@ def robust_accuracy(
     if eps == 0:
         return float(correct.float().mean())
     for restart in range(int(cfg["attack_restarts"])):
-        with torch.random.fork_rng():  # the random start, reproducible and without touching the caller's RNG
+        with torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):  # a reproducible start
             torch.manual_seed(seed + restart)
             attack = build_attack(kind, model, eps, cfg, n_classes, seed + restart)
             adversarial = attack(inputs, labels)
         with torch.no_grad():
             correct &= model(adversarial).argmax(1) == labels
     return float(correct.float().mean())
+
+
+def adversarial_copy(
+    net: FullArchitecture, spec: Mapping[str, Any], images: Tensor, labels: Tensor, seed: int
+) -> Tensor:
+    """The adversarial pair of a training batch (model.noise_pairs={kind: pgd_linf, severity: eps, steps: k}):
+    the attack against the current network, through the refinement, with PGD's random start drawn from
+    `seed`. torchattacks runs it in eval mode and puts the network back in the mode it was in."""
+    import torch
+
+    cfg = {
+        "attack_steps": spec.get("steps", PAIR_STEPS),
+        "attack_step_size": 2.5,
+        "attack_queries": PAIR_STEPS,
+    }
+    model = attacked(net, "full").train(net.training)
+    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        torch.manual_seed(seed)
+        attack = build_attack(
+            spec["kind"], model, float(spec["severity"]), cfg, net.classifier.out_features, seed
+        )
+        return attack(images, labels).detach()
 
 
 def attack_subset(n_total: int, n: int, seed: int) -> Tensor:

@@ -8,6 +8,7 @@ on each job's exact training split and evaluated on the same test indices and th
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from sklearn.svm import SVC
 
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.errors import ConfigError
+from dpn_lab.robustness.attacks import ATTACKS
 from dpn_lab.robustness.evaluate import index_digest, robustness_rows, write_rows
 from dpn_lab.runs.result import read_result
 from dpn_lab.runs.sweep_summary import split_overrides
@@ -43,6 +45,7 @@ COMPARISON_COLUMNS = (
     *(column for metric in METRICS for column in (metric, f"{metric}_std")),
     "n_seeds",
     "test_sets",
+    "check",
 )
 
 
@@ -70,7 +73,30 @@ def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         rows += [
             {**row, "model": meta["label"], "test_set": meta["test_index_digest"]} for row in meta["rows"]
         ]
+        tagged = {"model": meta["label"], "test_set": meta["test_index_digest"]}
+        rows += [{**row, **tagged} for row in attack_rows(Path(meta["path"]).parent / "adversarial.csv")]
     return rows, jobs
+
+
+def attack_rows(path: Path) -> list[dict[str, Any]]:
+    """A job's adversarial.csv as comparison rows: per (attack, eps) the strongest variant's accuracy as
+    `corruption`=attack, `severity`=eps (the masking check as its own row), with its check marks."""
+    if not path.is_file():
+        return []
+    best: dict[tuple[str, float], dict[str, Any]] = {}
+    for row in csv.DictReader(path.open()):
+        kind = row["attack"] + (" masking check" if row["gradient"] == "masking check" else "")
+        key, accuracy = (kind, float(row["eps"])), float(row["accuracy"])
+        if key not in best or accuracy < best[key]["accuracy"] or row["check"]:
+            found = best.get(key, {})
+            checks = "; ".join(c for c in (found.get("check", ""), row["check"]) if c)
+            best[key] = {
+                "corruption": kind,
+                "severity": key[1],
+                "accuracy": min(accuracy, found.get("accuracy", 1.0)),
+                "check": checks,
+            }
+    return list(best.values())
 
 
 def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -117,6 +143,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 (statistics.stdev(values) if len(values) > 1 else 0.0) if defined else math.nan
             )
         row["test_sets"] = " ".join(sorted({m["test_set"] for m in members}))
+        marked = [m["check"] for m in members if m.get("check")]
+        row["check"] = f"{len(marked)} of {len(members)} seeds: {marked[0]}" if marked else ""
         out.append(row)
     return out
 
@@ -140,23 +168,30 @@ def pivot_markdown(summary: list[dict[str, Any]]) -> str:
     )
 
 
-def ablation_of(label: str) -> str | None:
-    """The label of a DPN's matched ablation: the same overrides with model.n_steps=0 (None for an
-    ablation or a model without an n_steps override)."""
+REFERENCES = ("ablation", "control")  # what a DPN is compared against
+
+
+def reference_of(label: str, reference: str) -> str | None:
+    """The label of a DPN's matched `reference` (ablation or control): the same overrides with
+    variant=ablation / variant=control, or, in sweeps over model.n_steps, the ablation with n_steps=0.
+    None for a label that is itself a reference or names no DPN."""
+    if "variant=dpn" in label.split():
+        return label.replace("variant=dpn", f"variant={reference}")
     match = re.search(r"model\.n_steps=(\d+)", label)
-    if not match or match.group(1) == "0":
+    if reference != "ablation" or not match or match.group(1) == "0":
         return None
     return model_label(label.replace(match.group(0), "model.n_steps=0").split())
 
 
-def against_ablation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each DPN and level: DPN minus its matched ablation for accuracy and the uncertainty metrics, and
-    whether the difference exceeds 2x the larger of the two standard deviations (`significant`)."""
+def against(summary: list[dict[str, Any]], reference: str = "ablation") -> list[dict[str, Any]]:
+    """For each DPN and level: DPN minus its matched reference (the ablation or the control) for accuracy
+    and the uncertainty metrics, and whether the difference exceeds 2x the larger of the two standard
+    deviations (`significant`)."""
     cells = {(r["model"], r["corruption"], r["severity"]): r for r in summary}
     out = []
     for r in summary:
-        ablation = ablation_of(r["model"])
-        base = cells.get((ablation, r["corruption"], r["severity"])) if ablation else None
+        matched = reference_of(r["model"], reference)
+        base = cells.get((matched, r["corruption"], r["severity"])) if matched else None
         if base is None:
             continue
         row = {"model": r["model"], "corruption": r["corruption"], "severity": r["severity"]}
@@ -206,17 +241,19 @@ def compare_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         return []
     summary = aggregate(rows + baseline_rows(jobs))
     write_rows(summary, sweep_dir / "comparison.csv", COMPARISON_COLUMNS)
-    differences = against_ablation(summary)
-    write_rows(
-        differences, sweep_dir / "comparison_vs_ablation.csv", list(differences[0]) if differences else []
-    )
+    differences = against(summary, "ablation")
+    for reference in REFERENCES:
+        found = against(summary, reference)
+        write_rows(found, sweep_dir / f"comparison_vs_{reference}.csv", list(found[0]) if found else [])
     (sweep_dir / "comparison.md").write_text(
         pivot_markdown(summary) + ("\n" + ablation_markdown(differences) if differences else "")
     )
     curves = defaultdict(list)
     for row in summary:
         curves[row["model"]].append(row)
-    figure = accuracy_plot(curves, "Accuracy under corruption (mean ± std over seeds)")
+    units = {kind: f"eps ({spec.norm})" for kind, spec in ATTACKS.items()}
+    units.update({f"{kind} masking check": f"eps ({spec.norm})" for kind, spec in ATTACKS.items()})
+    figure = accuracy_plot(curves, "Accuracy under corruption and attack (mean ± std over seeds)", units)
     save_figure(figure, sweep_dir / "comparison.png")
     log.info(f"robustness comparison: {sweep_dir / 'comparison.md'}")
     return summary

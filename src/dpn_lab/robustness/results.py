@@ -26,15 +26,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.errors import ConfigError
-from dpn_lab.robustness.compare import against_ablation, job_rows, model_label
+from dpn_lab.robustness.compare import REFERENCES, against, job_rows, reference_of
 from dpn_lab.robustness.evaluate import write_rows
 from dpn_lab.runs.result import read_result
 
 JOB_COLUMNS = ("job", "overrides", "status", "test_acc", "n_test")
 STEPS_COLUMNS = ("model", "test_steps", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds")
 # the README's tables: name -> (metric, whether the calibration baselines get columns)
+# README tables: name -> (metric, whether the calibration baselines get columns); `adversarial` is the
+# accuracy table of the attack rows, the others are of the corruption rows
 TABLES = {
+    "adversarial": ("accuracy", False),
     "accuracy": ("accuracy", True),
     "auroc_potential": ("auroc_potential", False),
     "auroc_msp": ("auroc_msp", False),
@@ -87,7 +91,7 @@ def steps_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     groups: dict[tuple, list[float]] = defaultdict(list)
     for meta in job_rows(sweep_dir)[1]:
         path = Path(meta["path"]).parent / "test_steps.csv"
-        if path.is_file() and "(no refinement)" not in meta["label"]:
+        if path.is_file() and _is_dpn(meta["label"]):
             for row in read_rows(path):
                 groups[(meta["label"], row["test_steps"], row["corruption"], row["severity"])].append(
                     row["accuracy"]
@@ -161,23 +165,33 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(path.open())]
 
 
-def _steps(label: str) -> str:
-    return re.search(r"model\.n_steps=(\d+)", label).group(1)
-
-
 def _recipe(label: str) -> str:
-    return " ".join(
-        o for o in label.removesuffix(" (no refinement)").split() if not o.startswith("model.n_steps=")
+    """A DPN's label without what makes it the DPN (its variant or its number of steps)."""
+    own = label.removesuffix(" (no refinement)").split()
+    return " ".join(o for o in own if not o.startswith(("model.n_steps=", "variant="))).removeprefix(
+        "recipe="
     )
 
 
+def _is_dpn(label: str) -> bool:
+    return reference_of(label, "ablation") is not None
+
+
 def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) -> str:
-    """Rows: corruption level; a column per recipe, `T=0 / T=T / diff` (diff: DPN minus its matched ablation,
-    * when larger than 2 std of either); the calibration baselines' columns when `baselines`."""
+    """Rows: corruption level (or attack radius); a column per recipe holding its references (the ablation,
+    and the control where the sweep has one), the DPN, and the DPN minus each reference (* when larger than
+    2 std of either); the calibration baselines' columns when `baselines`."""
     cells = {(r["model"], r["corruption"], r["severity"]): r for r in summary}
-    differences = {(d["model"], d["corruption"], d["severity"]): d for d in against_ablation(summary)}
-    dpns = [m for m in dict.fromkeys(r["model"] for r in summary) if re.search(r"model\.n_steps=[1-9]", m)]
-    others = [m for m in dict.fromkeys(r["model"] for r in summary) if "model.n_steps=" not in m]
+    labels = list(dict.fromkeys(r["model"] for r in summary))
+    differences = {
+        (reference, d["model"], d["corruption"], d["severity"]): d
+        for reference in REFERENCES
+        for d in against(summary, reference)
+    }
+    dpns = [m for m in labels if _is_dpn(m)]
+    matched = {dpn: [r for r in REFERENCES if reference_of(dpn, r) in labels] for dpn in dpns}
+    references = {reference_of(dpn, r) for dpn in dpns for r in matched[dpn]}
+    others = [m for m in labels if m not in dpns and m not in references]
     levels = list(dict.fromkeys((r["corruption"], r["severity"]) for r in summary))
     if metric != "accuracy":  # a separation score is undefined on the clean set
         levels = [level for level in levels if level[1] != 0]
@@ -185,25 +199,30 @@ def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) ->
     def number(row: dict | None) -> str:
         if row is None or row[metric] != row[metric]:
             return "–"
-        return f"{row[metric]:.3f} ± {row[f'{metric}_std']:.3f}"
+        marks = "".join(sorted(set(re.findall(r"\(([abc])\)", str(row.get("check") or "")))))
+        return f"{row[metric]:.3f} ± {row[f'{metric}_std']:.3f}" + (f" [{marks}]" if marks else "")
+
+    def difference(reference: str, dpn: str, kind: str, severity: float) -> str:
+        d = differences.get((reference, dpn, kind, severity))
+        value = d.get(f"{metric}_diff") if d else None
+        if value is None or value != value:
+            return "–"
+        return f"{value:+.3f}" + ("*" if d.get(f"{metric}_significant") else "")
 
     header = [
-        f"({chr(97 + i)}) {_recipe(m).removeprefix('recipe=')}: T=0 / T={_steps(m)} / diff"
-        for i, m in enumerate(dpns)
+        f"({chr(97 + i)}) {_recipe(dpn)}: "
+        + " / ".join([*matched[dpn], "DPN", *(f"DPN-{r}" for r in matched[dpn])])
+        for i, dpn in enumerate(dpns)
     ]
     header += others if baselines else []
     lines = ["| corruption | severity | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
     for kind, severity in levels:
         values = []
         for dpn in dpns:
-            ablation = model_label(re.sub(r"model\.n_steps=\d+", "model.n_steps=0", dpn).split())
-            d = differences.get((dpn, kind, severity))
-            diff = d.get(f"{metric}_diff") if d else None
-            mark = "*" if d and d.get(f"{metric}_significant") else ""
-            diff_text = "–" if diff is None or diff != diff else f"{diff:+.3f}{mark}"
-            values.append(
-                f"{number(cells.get((ablation, kind, severity)))} / {number(cells.get((dpn, kind, severity)))} / {diff_text}"
-            )
+            numbers = [number(cells.get((reference_of(dpn, r), kind, severity))) for r in matched[dpn]]
+            numbers.append(number(cells.get((dpn, kind, severity))))
+            numbers += [difference(r, dpn, kind, severity) for r in matched[dpn]]
+            values.append(" / ".join(numbers))
         if baselines:
             values += [number(cells.get((m, kind, severity))) for m in others]
         lines.append(f"| {kind} | {severity:g} | " + " | ".join(values) + " |")
@@ -216,16 +235,12 @@ def steps_table(rows: list[dict[str, Any]], kind: str = "gaussian") -> str:
     steps = sorted({int(r["test_steps"]) for r in rows})
     cells = {(r["model"], r["severity"], int(r["test_steps"])): r for r in rows}
     levels = list(dict.fromkeys((r["model"], r["severity"]) for r in rows))
-    lines = [
-        f"| recipe (trained with T={_steps(levels[0][0])}) | {kind} | "
-        + " | ".join(f"T={t}" for t in steps)
-        + " |"
-    ]
+    lines = [f"| recipe (the DPN) | {kind} | " + " | ".join(f"T={t}" for t in steps) + " |"]
     lines.append("|---|---|" + "---|" * len(steps))
     for model, severity in levels:
         values = [cells[(model, severity, t)] for t in steps]
         lines.append(
-            f"| {_recipe(model).removeprefix('recipe=')} | {severity:g} | "
+            f"| {_recipe(model)} | {severity:g} | "
             + " | ".join(f"{v['accuracy']:.3f} ± {v['accuracy_std']:.3f}" for v in values)
             + " |"
         )
@@ -253,7 +268,11 @@ def render(results_dir: Path, table: str) -> str:
             f"README block {table!r}: no such table; the tables: provenance, test_steps, {', '.join(TABLES)}"
         )
     metric, baselines = TABLES[table]
-    return recipe_table(read_rows(results_dir / "comparison.csv"), metric, baselines)
+    rows = read_rows(results_dir / "comparison.csv")
+    attacks = table == "adversarial"
+    return recipe_table(
+        [r for r in rows if (r["corruption"] not in CORRUPTIONS) == attacks], metric, baselines
+    )
 
 
 def render_readme(text: str, results_root: Path) -> str:

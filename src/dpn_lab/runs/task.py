@@ -106,6 +106,9 @@ def command_line(command: str, help_text: str, hydra_main: Callable[[], Any]) ->
     sweep_summary.last_sweep, failed_run.error = None, None  # a command run again in one process starts clean
     preflight(command, help_text)
     _quiet_the_noise()
+    # Hydra turns an exception in a callback (the sweep comparison) into a warning; a failed comparison
+    # must fail the command instead, in its one line
+    warnings.filterwarnings("error", message=r"Callback \w+\.on_\w+ raised", category=UserWarning)
     os.environ.setdefault("DPN_LAB_TRACEBACK", "1" if wants_traceback() else "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises to us instead of printing its own block
     try:
