@@ -315,19 +315,26 @@ def _check_noise_pairs(cfg: DictConfig) -> None:
     _check_rules(cfg, {f"{key}.steps": Number(integer=True, low=1)})
 
 
-def _check_robustness(cfg: DictConfig) -> None:
-    kinds = _select_container(cfg, "eval.corruptions", False, f"a list of {', '.join(CORRUPTIONS)}")
-    if kinds is None:
-        return
-    for i, kind in enumerate(kinds):
-        _check_rules(cfg, {f"eval.corruptions.{i}": Choice(tuple(CORRUPTIONS))})
-        levels = OmegaConf.select(cfg, f"eval.levels.{kind}")
+def _check_kinds_and_levels(cfg: DictConfig, key: str, registry: dict, levels_key: str, what: str) -> Any:
+    """cfg's `key`, a list of `registry` kinds, each with a non-empty list `levels_key.<kind>` of numbers
+    from 0 to the kind's largest allowed value (`max_severity` or `max_eps`). Returns the list (or None)."""
+    kinds = _select_container(cfg, key, False, f"a list of {', '.join(registry)}")
+    for i, kind in enumerate(kinds or []):
+        _check_rules(cfg, {f"{key}.{i}": Choice(tuple(registry))})
+        levels = OmegaConf.select(cfg, f"{levels_key}.{kind}")
         if not OmegaConf.is_list(levels) or not levels:
             raise ConfigError(
-                f"eval.levels.{kind}={levels!r} is not allowed: use a non-empty list of severities"
+                f"{levels_key}.{kind}={levels!r} is not allowed: use a non-empty list of {what}"
             )
+        high = getattr(registry[kind], "max_severity", getattr(registry[kind], "max_eps", None))
         for j in range(len(levels)):
-            _check_rules(cfg, {f"eval.levels.{kind}.{j}": Number(low=0, high=CORRUPTIONS[kind].max_severity)})
+            _check_rules(cfg, {f"{levels_key}.{kind}.{j}": Number(low=0, high=high)})
+    return kinds
+
+
+def _check_robustness(cfg: DictConfig) -> None:
+    if _check_kinds_and_levels(cfg, "eval.corruptions", CORRUPTIONS, "eval.levels", "severities") is None:
+        return
     _check_rules(cfg, {"eval.seed": Number(integer=True, low=0), "eval.split": Choice(EVAL_SPLITS)})
     steps = OmegaConf.select(cfg, "eval.test_steps")
     if steps is not None and not (
@@ -340,18 +347,8 @@ def _check_robustness(cfg: DictConfig) -> None:
 
 def _check_attacks(cfg: DictConfig) -> None:
     _check_rules(cfg, ATTACK_RULES)
-    kinds = _select_container(cfg, "eval.attacks", False, f"a list of {', '.join(ATTACKS)}")
-    if not kinds:
+    if not _check_kinds_and_levels(cfg, "eval.attacks", ATTACKS, "eval.attack_eps", "radii"):
         return
-    for i, kind in enumerate(kinds):
-        _check_rules(cfg, {f"eval.attacks.{i}": Choice(tuple(ATTACKS))})
-        radii = OmegaConf.select(cfg, f"eval.attack_eps.{kind}")
-        if not OmegaConf.is_list(radii) or not radii:
-            raise ConfigError(
-                f"eval.attack_eps.{kind}={radii!r} is not allowed: use a non-empty list of radii"
-            )
-        for j in range(len(radii)):
-            _check_rules(cfg, {f"eval.attack_eps.{kind}.{j}": Number(low=0, high=ATTACKS[kind].max_eps)})
     gradients = _select_container(cfg, "eval.attack_gradient", False, f"a list of {', '.join(GRADIENTS)}")
     if not gradients:
         raise ConfigError(

@@ -1,8 +1,9 @@
 """python -m dpn_lab.results record|render|check: committed results and the README tables made from them.
 
-  record NAME SWEEP_DIR --sentinel "recipe=... seed=0" [--command CMD] [--seconds S]
+  record NAME SWEEP_DIR --sentinel "recipe=... seed=0" [--command CMD] [--seconds S] [--commit SHA[+dirty]]
       copy a finished comparison sweep into results/NAME/ (comparison.csv, jobs.csv, test_steps.csv,
-      provenance.json with the commit and the command), then render the README
+      provenance.json with the commit the sweep ran on, taken when it started, and the command), then
+      render the README
   render      rewrite every `<!-- results:NAME:TABLE -->` block of README.md from results/
   check       exit 1 if README.md's blocks differ from what results/ renders
 
@@ -31,13 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     recording.add_argument("--sentinel", required=True)
     recording.add_argument("--command", default="make robustness")
     recording.add_argument("--seconds", type=float, default=None)
+    recording.add_argument("--commit", default=None, help="the commit the sweep ran on; +dirty: with changes")
     commands.add_parser("render")
     commands.add_parser("check")
     args = parser.parse_args(argv)
     readme = ROOT / "README.md"
     try:
         if args.action == "record":
-            record(args.sweep_dir, ROOT / "results" / args.name, args.command, args.sentinel, args.seconds)
+            tree = (
+                (args.commit.removesuffix("+dirty"), args.commit.endswith("+dirty")) if args.commit else None
+            )
+            record(
+                args.sweep_dir, ROOT / "results" / args.name, args.command, args.sentinel, args.seconds, tree
+            )
         text = readme.read_text()
         rendered = render_readme(text, ROOT / "results")
     except (ConfigError, OSError) as error:

@@ -110,8 +110,23 @@ def steps_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def record(sweep_dir: Path, results_dir: Path, command: str, sentinel: str, seconds: float | None) -> Path:
-    """Copy a finished comparison sweep into results_dir (see the module docstring); returns results_dir."""
+def tree_state(root: Path) -> tuple[str, bool]:
+    """(HEAD commit, whether src/ or conf/ have uncommitted changes): what a measurement ran on."""
+    return _git("rev-parse", "HEAD", cwd=root), bool(
+        _git("status", "--porcelain", "--", "src", "conf", cwd=root)
+    )
+
+
+def record(
+    sweep_dir: Path,
+    results_dir: Path,
+    command: str,
+    sentinel: str,
+    seconds: float | None,
+    tree: tuple[str, bool] | None = None,
+) -> Path:
+    """Copy a finished comparison sweep into results_dir (see the module docstring); returns results_dir.
+    `tree` is the (commit, uncommitted changes) the sweep ran on, taken when it started (default: now)."""
     comparison = sweep_dir / "comparison.csv"
     if not comparison.is_file():
         raise ConfigError(
@@ -137,10 +152,11 @@ def record(sweep_dir: Path, results_dir: Path, command: str, sentinel: str, seco
     root = Path(__file__).resolve().parents[3]
     import torch  # only for its version: the record says what computed the numbers
 
+    commit, dirty = tree or tree_state(root)
     provenance = {
         "command": command,
-        "commit": _git("rev-parse", "HEAD", cwd=root),
-        "uncommitted_changes": bool(_git("status", "--porcelain", "--", "src", "conf", cwd=root)),
+        "commit": commit,
+        "uncommitted_changes": dirty,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{_processor()}, {os.cpu_count()} cores, {platform.system()}",
         "torch": torch.__version__,
