@@ -61,3 +61,8 @@ def test_a_control_model_refines_by_its_mlp_and_leaves_its_potential_idle():
     # a checkpoint's hyperparameters rebuild the same shapes
     rebuilt = DPNLitModule(**model.hparams)
     rebuilt.load_state_dict(model.state_dict())
+
+
+def test_a_diverging_control_is_described_without_the_potentials_step_sizes():
+    model = DPNLitModule([1, 8, 8], 10, extractor="mlp", n_steps=5, refinement="residual_mlp")
+    assert "now eta=0)" in str(model._diverged("the loss is nan"))  # its potential has no steps

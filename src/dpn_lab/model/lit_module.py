@@ -49,8 +49,8 @@ class DPNLitModule(L.LightningModule):
     grad_mode=detach); `aux_loss_weight` keeps the unrefined features classifiable on their own.
     `noise_pairs` ({kind, severity} of dpn_lab.data.corruption, or None) trains every batch on its clean and
     its corrupted copy (the CE terms cover both); a kind of dpn_lab.robustness.attacks (e.g. {kind: pgd_linf,
-    severity: 0.1, steps: 7}) makes the copy an attack on the current network, through the refinement; the consistency term asks the refinement to carry the
-    corrupted copy to the clean features. With n_steps=0 the same recipe is the matched ablation. The
+    severity: 0.2, steps: 5}) makes the copy an attack on the current network, through the refinement. The
+    consistency term asks the refinement to carry the corrupted copy to the clean features. With n_steps=0 the same recipe is the matched ablation. The
     noise comes from a generator seeded by (run seed, epoch, batch index, rank).
     `center_update=ema` moves each center after every optimizer step toward the responsibility-weighted
     mean of the clean features of the batches that step used (all micro-batches under gradient
@@ -167,7 +167,7 @@ class DPNLitModule(L.LightningModule):
         return DivergenceError(
             f"training diverged at epoch {self.current_epoch}, global step {self.global_step}: {what}. Likely "
             f"cause: the learning rate (now {lr}; model.optimizer.lr sets it) or the refinement step (model.init_step_size="
-            f"{hp.init_step_size}, now eta={self.net.potential.step_sizes().max().item() if hp.n_steps else 0:.4g})"
+            f"{hp.init_step_size}, now eta={self.net.potential.step_sizes().max().item() if self.net.potential.n_steps else 0:.4g})"
             " is too large; lower it, or set model.bound_step_size=true. Checkpoints on disk are the last finite ones."
         )
 
