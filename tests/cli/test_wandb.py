@@ -33,6 +33,9 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
         "trainer.max_epochs=2",
         "callbacks.figures.every_n_epochs=1",
         "logger.wandb.tags=[digits,check]",
+        "eval.attacks=[pgd_linf]",
+        "eval.attack_samples=30",
+        "eval.attack_steps=3",
         cwd=tmp_path,
         env={"WANDB_MODE": "offline"},
     )
@@ -53,6 +56,9 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
     # the robustness pass after testing: a W&B table and its plot
     assert values["robustness/table"]["_type"] == "table-file"
     assert values["robustness/accuracy_vs_severity"]["_type"] == "images/separated"
+    # the attacks after testing: their table and plot, and the strongest variant's accuracy per radius
+    assert values["adversarial/table"]["_type"] == "table-file"
+    assert values["adversarial/accuracy_vs_eps"]["_type"] == "images/separated"
     assert values["test/acc"] == pytest.approx(run_result["test/acc"])
     # the fully resolved config: interpolations replaced by values
     config = json.dumps(summary["config"])
