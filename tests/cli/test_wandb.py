@@ -53,6 +53,7 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
     diagnostics = {key for key in values if key.startswith("potential/")}
     assert {"potential/center_spread_ratio", "potential/affine_r2", "potential/acc_step_5"} <= diagnostics
     assert values["robustness/uncertainty_auroc"]["_type"] == "images/separated"
+    assert values["robustness/reliability"]["_type"] == "images/separated"
     # the robustness pass after testing: a W&B table and its plot
     assert values["robustness/table"]["_type"] == "table-file"
     assert values["robustness/accuracy_vs_severity"]["_type"] == "images/separated"

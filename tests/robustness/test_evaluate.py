@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +91,10 @@ def test_eval_writes_every_corruption_and_level(trained_run, tmp_path):
     assert len(set(clean)) == 1  # severity 0 is the clean test set for every corruption
     assert "| corruption | severity | accuracy |" in (run / "robustness.md").read_text()
     assert (run / "robustness.png").stat().st_size > 10_000
+    assert (run / "reliability.png").stat().st_size > 10_000  # clean and gaussian 0.25
+    assert all(
+        0 <= float(r["ece"]) <= 1 and float(r["nll"]) > 0 and 0 <= float(r["brier"]) <= 2 for r in rows
+    )
     assert (run / "uncertainty.png").stat().st_size > 10_000 and (
         run / "test_steps.png"
     ).stat().st_size > 10_000
@@ -100,3 +105,34 @@ def test_eval_writes_every_corruption_and_level(trained_run, tmp_path):
     assert [float(r["accuracy"]) for r in trained_steps] == [float(r["accuracy"]) for r in rows]
     noisy = next(r for r in rows if r["corruption"] == "gaussian" and r["severity"] == "0.25")
     assert 0 <= float(noisy["auroc_potential"]) <= 1 and 0 <= float(noisy["acc90_msp"]) <= 1
+
+
+def test_calibration_matches_its_definitions():
+    from dpn_lab.robustness.evaluate import CALIBRATION_BINS, calibration
+
+    torch.manual_seed(0)
+    logits, labels = 3 * torch.randn(500, 10), torch.randint(0, 10, (500,))
+    found = calibration(logits, labels)
+    p = logits.double().softmax(1).numpy()
+    y = labels.numpy()
+    confidence, predicted = p.max(1), p.argmax(1)
+    ece = 0.0
+    for low in range(CALIBRATION_BINS):  # equal-width bins (low/15, (low+1)/15] of the top label's confidence
+        inside = (confidence > low / CALIBRATION_BINS) & (confidence <= (low + 1) / CALIBRATION_BINS)
+        if inside.any():
+            ece += inside.mean() * abs((predicted[inside] == y[inside]).mean() - confidence[inside].mean())
+    assert found["ece"] == pytest.approx(ece, abs=1e-6)
+    assert found["nll"] == pytest.approx(-np.log(p[np.arange(500), y]).mean(), rel=1e-9)
+    onehot = np.eye(10)[y]
+    assert found["brier"] == pytest.approx(((p - onehot) ** 2).sum(1).mean(), rel=1e-9)
+
+
+def test_auroc_of_ten_thousand_scores_sorts_instead_of_comparing_every_pair():
+    import time
+
+    scores = torch.rand(20_000)
+    start = time.perf_counter()
+    value = auroc(scores[:10_000], scores[10_000:] + 0.1)
+    assert (
+        time.perf_counter() - start < 1.0 and 0.5 < value < 1.0
+    )  # the N x N version took seconds and 800 MB

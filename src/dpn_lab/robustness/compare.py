@@ -37,7 +37,8 @@ BASELINES = {
     "logistic regression": lambda: LogisticRegression(max_iter=3000, C=1.0),
     "RBF SVC": lambda: SVC(kernel="rbf", C=10.0, gamma="scale"),
 }
-METRICS = ("accuracy", "auroc_potential", "auroc_msp", "acc90_potential", "acc90_msp")
+METRICS = ("accuracy", "auroc_potential", "auroc_msp", "acc90_potential", "acc90_msp", "ece", "nll", "brier")
+DIFFERENCES = ("accuracy", "auroc_potential", "acc90_potential", "ece", "nll")  # DPN minus its references
 COMPARISON_COLUMNS = (
     "model",
     "corruption",
@@ -195,11 +196,11 @@ def against(summary: list[dict[str, Any]], reference: str = "ablation") -> list[
         if base is None:
             continue
         row = {"model": r["model"], "corruption": r["corruption"], "severity": r["severity"]}
-        for metric in ("accuracy", "auroc_potential", "acc90_potential"):
-            difference = r[metric] - base[metric]
+        for metric in DIFFERENCES:
+            difference = r.get(metric, math.nan) - base.get(metric, math.nan)
             row[f"{metric}_diff"] = difference
             row[f"{metric}_significant"] = abs(difference) > 2 * max(
-                r[f"{metric}_std"], base[f"{metric}_std"]
+                r.get(f"{metric}_std", math.nan), base.get(f"{metric}_std", math.nan)
             )
         out.append(row)
     return out

@@ -39,6 +39,7 @@ STEPS_COLUMNS = ("model", "test_steps", "corruption", "severity", "accuracy", "a
 # accuracy table of the attack rows, the others are of the corruption rows
 TABLES = {
     "adversarial": ("accuracy", False),
+    "ece": ("ece", False),
     "accuracy": ("accuracy", True),
     "auroc_potential": ("auroc_potential", False),
     "auroc_msp": ("auroc_msp", False),

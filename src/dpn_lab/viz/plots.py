@@ -306,3 +306,36 @@ def steps_plot(rows: list[dict]) -> Figure:
         ax.legend(fontsize=8, title=CORRUPTIONS[kind].unit, loc="lower left")
     fig.suptitle("Accuracy against test-time refinement steps")
     return fig
+
+
+def reliability_diagram(panels: Mapping[str, tuple[Tensor, Tensor]], n_bins: int = 15) -> Figure:
+    """Accuracy against confidence of the top label in n_bins equal-width bins, a panel per
+    {title: (probabilities N x C, labels N)}; the diagonal is perfect calibration, bar width the bin."""
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False, layout="constrained"
+    )
+    edges = torch.linspace(0, 1, n_bins + 1)
+    for ax, (title, (probabilities, labels)) in zip(axes[0], panels.items(), strict=True):
+        confidence, predicted = probabilities.float().max(1)
+        correct = (predicted == labels).float()
+        which = torch.bucketize(confidence, edges[1:-1], right=True)
+        counts = torch.bincount(which, minlength=n_bins).float()
+        accuracy = torch.bincount(which, weights=correct, minlength=n_bins) / counts.clamp_min(1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        filled = counts > 0
+        ax.bar(
+            centers[filled].numpy(),
+            accuracy[filled].numpy(),
+            width=1 / n_bins,
+            edgecolor="black",
+            alpha=0.7,
+            label="accuracy",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+        ax.set_title(title)
+        ax.set_xlabel("confidence (top label)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8, loc="upper left")
+    return fig
