@@ -40,7 +40,7 @@ bench: install
 ROBUSTNESS_DIR := outputs/results/robustness_digits
 robustness: install
 	rm -rf $(ROBUSTNESS_DIR)
-	start=$$(date +%s) && commit=$$(git rev-parse HEAD)$$(git status --porcelain -- src conf | grep -q . && echo +dirty) && \
+	start=$$(date +%s) && commit=$$(git rev-parse HEAD)$$(git status --porcelain -- src conf | grep -q . && echo +dirty || true) && \
 	$(BIN)/python -m dpn_lab.train experiment=robustness_digits hydra.sweep.dir=$(ROBUSTNESS_DIR) && \
 	$(BIN)/python -m dpn_lab.results record robustness_digits $(ROBUSTNESS_DIR) --command "make robustness" \
 		--sentinel "recipe=robust_extractor variant=dpn seed=0" --seconds $$(( $$(date +%s) - start )) --commit $$commit
