@@ -210,7 +210,7 @@ def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) ->
     references = {reference_of(dpn, r) for dpn in dpns for r in matched[dpn]}
     others = [m for m in labels if m not in dpns and m not in references]
     levels = list(dict.fromkeys((r["corruption"], r["severity"]) for r in summary))
-    if metric != "accuracy":  # a separation score is undefined on the clean set
+    if metric.startswith("auroc"):  # a separation score is undefined on the clean set
         levels = [level for level in levels if level[1] != 0]
 
     def number(row: dict | None) -> str:
