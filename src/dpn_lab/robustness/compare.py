@@ -87,16 +87,13 @@ def attack_rows(path: Path) -> list[dict[str, Any]]:
     best: dict[tuple[str, float], dict[str, Any]] = {}
     for row in csv.DictReader(path.open()):
         kind = row["attack"] + (" masking check" if row["gradient"] == "masking check" else "")
-        key, accuracy = (kind, float(row["eps"])), float(row["accuracy"])
-        if key not in best or accuracy < best[key]["accuracy"] or row["check"]:
-            found = best.get(key, {})
-            checks = "; ".join(c for c in (found.get("check", ""), row["check"]) if c)
-            best[key] = {
-                "corruption": kind,
-                "severity": key[1],
-                "accuracy": min(accuracy, found.get("accuracy", 1.0)),
-                "check": checks,
-            }
+        found = best.setdefault(
+            (kind, float(row["eps"])),
+            {"corruption": kind, "severity": float(row["eps"]), "accuracy": 1.0, "check": ""},
+        )
+        found["accuracy"] = min(found["accuracy"], float(row["accuracy"]))
+        if row["check"]:
+            found["check"] = "; ".join(c for c in (found["check"], row["check"]) if c)
     return list(best.values())
 
 
