@@ -35,14 +35,16 @@ bench: install
 	$(BIN)/python bench/lightning_overhead.py --extractor cnn --epochs 12
 	$(BIN)/python bench/throughput.py
 
-# the digits comparison (README, "Does the refinement help?"), recorded in results/robustness_digits/ with the
-# commit and the command, and the README's tables rendered from it; the sentinel is the default recipe's DPN
-ROBUSTNESS_DIR := outputs/results/robustness_digits
-robustness: install
-	rm -rf $(ROBUSTNESS_DIR)
+# a robustness comparison (README, "Does the refinement help?"): `make robustness` on digits (~15 min on 2
+# cores), `make robustness-mnist5k` on 5,000 real MNIST digits (~60 min); each is recorded in
+# results/robustness_<data>/ with the commit and the command, and the README's tables are rendered from it;
+# the sentinel is the default recipe's DPN
+robustness: robustness-digits
+robustness-%: install
+	rm -rf outputs/results/robustness_$*
 	start=$$(date +%s) && commit=$$(git rev-parse HEAD)$$(git status --porcelain -- src conf | grep -q . && echo +dirty || true) && \
-	$(BIN)/python -m dpn_lab.train experiment=robustness_digits hydra.sweep.dir=$(ROBUSTNESS_DIR) && \
-	$(BIN)/python -m dpn_lab.results record robustness_digits $(ROBUSTNESS_DIR) --command "make robustness" \
+	$(BIN)/python -m dpn_lab.train experiment=robustness_$* hydra.sweep.dir=outputs/results/robustness_$* && \
+	$(BIN)/python -m dpn_lab.results record robustness_$* outputs/results/robustness_$* --command "make $@" \
 		--sentinel "recipe=robust_extractor variant=dpn seed=0" --seconds $$(( $$(date +%s) - start )) --commit $$commit
 
 train: install

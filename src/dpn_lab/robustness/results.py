@@ -34,7 +34,6 @@ from dpn_lab.runs.result import read_result
 
 JOB_COLUMNS = ("job", "overrides", "status", "test_acc", "n_test")
 STEPS_COLUMNS = ("model", "test_steps", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds")
-# the README's tables: name -> (metric, whether the calibration baselines get columns)
 # README tables: name -> (metric, whether the calibration baselines get columns); `adversarial` is the
 # accuracy table of the attack rows, the others are of the corruption rows
 TABLES = {
