@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.data.corruption import CORRUPTIONS
+from dpn_lab.data.sources import SOURCES
 from dpn_lab.errors import ConfigError, not_one_of
 from dpn_lab.model.options import (
     CENTER_UPDATES,
@@ -27,6 +28,7 @@ from dpn_lab.model.options import (
     STEP_SIZES,
 )
 from dpn_lab.robustness.attacks import ATTACKS, GRADIENTS
+from dpn_lab.robustness.ood import OOD_SETS, ood_set_problem
 
 EVAL_SPLITS = ("test", "val")
 CONF_DIR = Path(str(files("dpn_lab.conf")))
@@ -358,6 +360,44 @@ def _check_attacks(cfg: DictConfig) -> None:
         _check_rules(cfg, {f"eval.attack_gradient.{i}": Choice(GRADIENTS)})
 
 
+def _source_classes(cfg: DictConfig) -> int | None:
+    """The number of labels of the configured data source (None: not known before it loads)."""
+    name = OmegaConf.select(cfg, "data.name")
+    if name not in SOURCES:
+        return None
+    return SOURCES[name].n_classes or OmegaConf.select(cfg, "data.n_classes")
+
+
+def _check_classes(cfg: DictConfig) -> None:
+    classes = OmegaConf.select(cfg, "data.classes")
+    if classes is None:
+        return
+    n = _source_classes(cfg)
+    labels = f"{0}..{n - 1}" if n else "the source's labels"
+    if not (
+        OmegaConf.is_list(classes)
+        and len(classes) >= 2
+        and all(type(c) is int and 0 <= c < (n or math.inf) for c in classes)
+        and len(set(classes)) == len(classes)
+    ):
+        raise ConfigError(
+            f"data.classes={classes!r} is not allowed: use null or a list of two or more distinct labels of {labels}"
+        )
+
+
+def _check_ood(cfg: DictConfig, command: str) -> None:
+    sets = _select_container(cfg, "eval.ood", False, f"a list of {', '.join(OOD_SETS)}")
+    name = OmegaConf.select(cfg, "data.name")
+    for i, ood_set in enumerate(sets or []):
+        _check_rules(cfg, {f"eval.ood.{i}": Choice(OOD_SETS)})
+        if command == "train" and name in SOURCES:  # eval's data come from the checkpoint: checked there
+            problem = ood_set_problem(
+                ood_set, name, OmegaConf.select(cfg, "data.classes"), _source_classes(cfg)
+            )
+            if problem:
+                raise ConfigError(f"eval.ood={ood_set} is not possible with data={name}: it {problem}")
+
+
 def _check_ckpt_path(cfg: DictConfig, required: bool) -> None:
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt is None and not required:
@@ -403,9 +443,11 @@ def validate_config(cfg: DictConfig, command: str = "train") -> None:
         lambda: _check_rules(cfg, DATA_RULES),
         lambda: _check_corruption(cfg, "data.train_corruption"),
         lambda: _check_corruption(cfg, "data.test_corruption"),
+        lambda: _check_classes(cfg),
         lambda: _check_devices(cfg),
         lambda: _check_robustness(cfg),
         lambda: _check_attacks(cfg),
+        lambda: _check_ood(cfg, command),
         lambda: _check_ckpt_path(cfg, required=command != "train"),
     ]
     for check in checks:

@@ -29,8 +29,7 @@ from omegaconf import DictConfig
 
 from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoint, read_checkpoint
 from dpn_lab.config import validate_config
-from dpn_lab.robustness.attacks import report_attacks
-from dpn_lab.robustness.evaluate import report_robustness
+from dpn_lab.robustness.suite import report_evaluations
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
 from dpn_lab.runs.resolvers import register_resolvers
 from dpn_lab.runs.result import scalars
@@ -41,7 +40,7 @@ register_resolvers()
 
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]:
-    """load checkpoint -> data -> model -> trainer -> test -> robustness. Returns (test metrics, None)."""
+    """load checkpoint -> data -> model -> trainer -> test -> corruptions, attacks, OOD. Returns (test metrics, None)."""
     validate_config(cfg, "eval")
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -53,12 +52,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], None]
     trainer = instantiate_checked(cfg.trainer, "trainer", logger=loggers or False, callbacks=[])
     trainer.test(model, datamodule=datamodule)
     metrics = scalars(trainer.callback_metrics)
-    if cfg.eval.corruptions:
-        metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
-    if cfg.eval.attacks:
-        metrics.update(
-            report_attacks(model.net, datamodule, cfg.eval, model.hparams.n_classes, output_dir, loggers)
-        )
+    metrics.update(report_evaluations(model, datamodule, cfg.eval, output_dir, loggers))
     return metrics, None
 
 

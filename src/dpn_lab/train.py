@@ -36,8 +36,7 @@ from dpn_lab.checkpoints import check_checkpoint_fits, read_checkpoint
 from dpn_lab.config import validate_config
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.errors import ConfigError
-from dpn_lab.robustness.attacks import report_attacks
-from dpn_lab.robustness.evaluate import report_robustness
+from dpn_lab.robustness.suite import report_evaluations
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
 from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
 from dpn_lab.runs.resolvers import register_resolvers
@@ -122,14 +121,8 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
                 log.info(f"Testing {test_ckpt or 'the final weights (no checkpoint was saved)'}")
                 trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
                 metrics.update(scalars(trainer.callback_metrics))
-                if OmegaConf.select(cfg, "eval.corruptions") and trainer.is_global_zero:
-                    metrics.update(report_robustness(model, datamodule, cfg.eval, output_dir, loggers))
-                if OmegaConf.select(cfg, "eval.attacks") and trainer.is_global_zero:
-                    metrics.update(
-                        report_attacks(
-                            model.net, datamodule, cfg.eval, model.hparams.n_classes, output_dir, loggers
-                        )
-                    )
+                if cfg.get("eval") and trainer.is_global_zero:
+                    metrics.update(report_evaluations(model, datamodule, cfg.eval, output_dir, loggers))
         except BaseException:
             stop_other_ranks(trainer)
             raise

@@ -65,14 +65,9 @@ def test_pgd_on_a_linear_model_breaks_exactly_the_points_within_eps_of_the_bound
     cfg = config(attacks=[kind], attack_eps={kind: [eps]}, attack_steps=40)
     rows = adversarial_rows(net, images, labels, cfg, n_classes=2)
     by_gradient = {r["gradient"]: r for r in rows if r["attack"] == kind and r["eps"] == eps}
-    # no refinement: the exact and the BPDA gradient are the same, and both find every breakable point
-    assert (
-        by_gradient["full"]["accuracy"]
-        == by_gradient["bpda"]["accuracy"]
-        == by_gradient["worst"]["accuracy"]
-        == 0.5
-    )
-    assert by_gradient["worst"]["n"] == 60 and by_gradient["worst"]["check"] == ""
+    # no refinement: BPDA would be the exact gradient again, so only `full` runs, and finds every breakable point
+    assert list(by_gradient) == ["full"] and by_gradient["full"]["accuracy"] == 0.5
+    assert by_gradient["full"]["n"] == 60 and by_gradient["full"]["check"] == ""
 
 
 def test_eps_zero_is_the_clean_accuracy_of_the_subset():
@@ -82,7 +77,7 @@ def test_eps_zero_is_the_clean_accuracy_of_the_subset():
     net = linear_network(w, b)
     labels = torch.zeros(40, dtype=torch.long)  # the 20 points with t > 0 are misclassified
     rows = adversarial_rows(net, images, labels, config(attack_eps={"pgd_linf": [0.0]}, attack_samples=40), 2)
-    assert [r["accuracy"] for r in rows if r["eps"] == 0] == [0.5, 0.5, 0.5]  # full, bpda, worst
+    assert [(r["gradient"], r["accuracy"]) for r in rows if r["eps"] == 0] == [("full", 0.5)]
 
 
 def test_bpda_back_propagates_through_the_extractor_and_read_out_only():

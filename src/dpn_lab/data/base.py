@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dpn_lab.data.corruption import corrupt, seeded_generator
+from dpn_lab.data.sources import SOURCES
 from dpn_lab.errors import DataError
 
 
@@ -51,13 +52,24 @@ class TensorDataModule(L.LightningDataModule):
         val_fraction, test_fraction: stratified split fractions (test_fraction is ignored for sources with
             an official test set).
         split_seed: seed of the deterministic stratified split (separate from the training seed).
+        classes: None (every label), or the labels to train and test on, e.g. [0, 1, 2, 3, 4]: the splits
+            are drawn from all the data as without it, then keep these labels, renumbered 0..len-1 in the
+            order given; the other labels' images of each split are `held_out[split]` (an OOD set).
         num_workers, data_dir, download: DataLoader workers; where files live; whether to fetch them.
     """
 
     config_name: str = ""  # the data/ group option, and the name stored checkpoints rebuild it by
+    # from dpn_lab.data.sources.SOURCES[config_name] (a source whose arguments set them sets them itself)
     input_shape: tuple[int, ...] = ()
-    n_classes: int = 0
+    source_classes: int = 0  # labels in the source; n_classes counts those kept by `classes`
     pixel_range: bool = True  # inputs are images in [0, 1]; corruptions need that
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.config_name in SOURCES:
+            source = SOURCES[cls.config_name]
+            cls.input_shape, cls.source_classes = source.input_shape or (), source.n_classes or 0
+            cls.pixel_range = source.pixel_range
 
     def __init__(
         self,
@@ -70,6 +82,7 @@ class TensorDataModule(L.LightningDataModule):
         num_workers: int = 0,
         data_dir: str = "data",
         download: bool = False,
+        classes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -80,7 +93,24 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size_per_device = batch_size
         self.splits: dict[str, TensorBatches] = {}
         self.split_indices: dict[str, Tensor] = {}  # positions in the source (test: in the official test set)
+        self.held_out: dict[str, TensorBatches] = {}  # classes only: the other labels' val and test images
         self._noise_epoch, self._noise_batch = -1, 0
+
+    @property
+    def n_classes(self) -> int:
+        classes = self.hparams.classes
+        return len(classes) if classes else self.source_classes
+
+    def _check_classes(self) -> None:
+        classes = self.hparams.classes
+        if classes is None:
+            return
+        labels = list(range(self.source_classes))
+        if len(classes) < 2 or len(set(classes)) < len(classes) or not set(classes) <= set(labels):
+            raise DataError(
+                f"data.classes={list(classes)} is not allowed: use two or more distinct labels of "
+                f"{labels[0]}..{labels[-1]}"
+            )
 
     def load(self) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """(inputs, labels, official (test_inputs, test_labels) or None). Inputs as float, images in [0, 1]."""
@@ -110,13 +140,31 @@ class TensorDataModule(L.LightningDataModule):
         train, val = train_test_split(
             rest, test_size=self.hparams.val_fraction, stratify=labels[rest], random_state=seed
         )
-        self.split_indices = {"train": train, "val": val, "test": test}
+        self._check_classes()
         generator = seeded_generator("test_corruption", seed)
-        self.splits = {
-            "train": TensorBatches(inputs[train], labels[train]),
-            "val": TensorBatches(self._corrupt_fixed(inputs[val], generator), labels[val]),
-            "test": TensorBatches(self._corrupt_fixed(test_inputs, generator), test_labels),
+        splits = {
+            "train": (inputs[train], labels[train], train),
+            "val": (self._corrupt_fixed(inputs[val], generator), labels[val], val),
+            "test": (self._corrupt_fixed(test_inputs, generator), test_labels, test),
         }
+        if self.hparams.classes:
+            splits, held_out = self._keep_classes(splits)
+            self.held_out = {name: TensorBatches(*held_out[name]) for name in ("val", "test")}
+        self.split_indices = {name: index for name, (_, _, index) in splits.items()}
+        self.splits = {name: TensorBatches(x, y) for name, (x, y, _) in splits.items()}
+
+    def _keep_classes(self, splits: dict[str, tuple]) -> tuple[dict[str, tuple], dict[str, tuple]]:
+        """(kept, held out) per split: kept has the labels of `classes`, renumbered by their position
+        in it; held out has the rest, with their source labels."""
+        classes = torch.as_tensor(list(self.hparams.classes))
+        renumber = torch.full((self.source_classes,), -1, dtype=torch.long)
+        renumber[classes] = torch.arange(len(classes))
+        kept, held_out = {}, {}
+        for name, (x, y, index) in splits.items():
+            keep = renumber[y] >= 0
+            kept[name] = (x[keep], renumber[y[keep]], index[keep])
+            held_out[name] = (x[~keep], y[~keep])
+        return kept, held_out
 
     def _corrupt_fixed(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
         spec = self.hparams.test_corruption

@@ -9,7 +9,7 @@ from dpn_lab.data.base import TensorDataModule
 class BlobsDataModule(TensorDataModule):
     """`n_classes` isotropic Gaussian clusters in R^n_features (flat inputs, no pixel range)."""
 
-    config_name, pixel_range = "blobs", False
+    config_name = "blobs"
 
     def __init__(
         self,
@@ -21,7 +21,7 @@ class BlobsDataModule(TensorDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.input_shape, self.n_classes = (n_features,), n_classes
+        self.input_shape, self.source_classes = (n_features,), n_classes
 
     def load(self):
         hp = self.hparams

@@ -9,8 +9,7 @@ from dpn_lab.data.base import TensorDataModule
 class DigitsDataModule(TensorDataModule):
     """1,797 8x8 grey images of digits 0-9, pixel values 0..16 scaled to [0, 1]."""
 
-    config_name, input_shape = "digits", (1, 8, 8)
-    n_classes = 10
+    config_name = "digits"
 
     def load(self):
         digits = load_digits()

@@ -9,8 +9,7 @@ from dpn_lab.errors import DataError
 class MNIST5kDataModule(TensorDataModule):
     """5,000 MNIST training images (500 per class), scaled to [0, 1]."""
 
-    config_name, input_shape = "mnist5k", (1, 28, 28)
-    n_classes = 10
+    config_name = "mnist5k"
 
     def __init__(self, batch_size: int = 128, **kwargs) -> None:
         super().__init__(batch_size=batch_size, **kwargs)

@@ -49,12 +49,12 @@ class TorchvisionDataModule(TensorDataModule):
 
 
 class MNISTDataModule(TorchvisionDataModule):
-    dataset_name, config_name, input_shape, n_classes = "MNIST", "mnist", (1, 28, 28), 10
+    dataset_name, config_name = "MNIST", "mnist"
 
 
 class FashionMNISTDataModule(TorchvisionDataModule):
-    dataset_name, config_name, input_shape, n_classes = "FashionMNIST", "fashion_mnist", (1, 28, 28), 10
+    dataset_name, config_name = "FashionMNIST", "fashion_mnist"
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
-    dataset_name, config_name, input_shape, n_classes = "CIFAR10", "cifar10", (3, 32, 32), 10
+    dataset_name, config_name = "CIFAR10", "cifar10"

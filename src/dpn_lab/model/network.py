@@ -42,6 +42,11 @@ class FullArchitecture(nn.Module):
             return [features, self.residual(features)]
         return self.potential.refine(features)
 
+    @property
+    def refines(self) -> bool:
+        """Whether x_T can differ from x_0 (False for the T = 0 ablation)."""
+        return self.residual is not None or self.potential.n_steps > 0
+
     def refined(self, features: Tensor) -> Tensor:
         """x_T of features x_0: the ascent's last state, or the control's x_0 + MLP(x_0)."""
         return self.residual(features) if self.residual is not None else self.potential(features)

@@ -12,6 +12,7 @@ The masking checks, reported in the `check` column and never silent:
   (a) PGD Linf at `eval.masking_eps` (0.5 by default) must bring accuracy down to chance (+ 0.05);
   (b) the black-box Square attack must not beat the white-box PGD at the same eps by more than 0.02;
   (c) full gradient and BPDA must agree within 0.02; the `worst` row reports the stronger of the two.
+      A model without a refinement (the T = 0 ablation) has nothing for BPDA to bypass: it runs `full` only.
 """
 
 from __future__ import annotations
@@ -171,7 +172,10 @@ def adversarial_rows(
     rows: list[dict[str, Any]] = []
 
     def measure(kind: str, eps: float) -> list[dict[str, Any]]:
-        gradients = [g for g in cfg["attack_gradient"]] if ATTACKS[kind].white_box else ["none"]
+        if not ATTACKS[kind].white_box:
+            gradients = ["none"]
+        else:  # without a refinement BPDA is the full gradient: run once
+            gradients = list(cfg["attack_gradient"]) if net.refines else ["full"]
         found = [
             {
                 "attack": kind,
@@ -272,8 +276,6 @@ def report_attacks(
     from dpn_lab.errors import ConfigError
     from dpn_lab.robustness.evaluate import markdown_table
 
-    if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
-        datamodule.setup("test")
     split = datamodule.splits[eval_cfg.split]
     if eval_cfg.attack_samples > len(split.labels):
         raise ConfigError(

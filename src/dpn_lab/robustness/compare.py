@@ -1,9 +1,11 @@
 """RobustnessComparison: one table and one plot for a sweep, mean +- std over seeds, with sklearn baselines.
 
 A Hydra callback for the robustness experiments. Each job of the sweep has written robustness.csv and
-robustness.json (its data config and a digest of its test indices). At the end of the sweep, jobs that differ
-only in `seed` are grouped into one model; the calibration baselines (logistic regression, RBF SVC) are fitted
-on each job's exact training split and evaluated on the same test indices and the same corrupted copies.
+robustness.json (its data config and a digest of its test indices), and adversarial.csv and ood.csv when it
+ran attacks and OOD sets. At the end of the sweep, jobs that differ only in `seed` are grouped into one model;
+the calibration baselines (logistic regression, RBF SVC) are fitted on each job's exact training split and
+evaluated on the same test indices and the same corrupted copies. Corruption and attack rows are keyed by
+(corruption, severity) in comparison.csv; OOD rows by (ood_set, score) in ood_comparison.csv.
 """
 
 from __future__ import annotations
@@ -39,14 +41,22 @@ BASELINES = {
 }
 METRICS = ("accuracy", "auroc_potential", "auroc_msp", "acc90_potential", "acc90_msp", "ece", "nll", "brier")
 DIFFERENCES = ("accuracy", "auroc_potential", "acc90_potential", "ece", "nll")  # DPN minus its references
+LEVEL = ("corruption", "severity")  # what a corruption or attack row is keyed by
+OOD_LEVEL, OOD_METRICS = ("ood_set", "score"), ("auroc", "fpr95")
 COMPARISON_COLUMNS = (
     "model",
-    "corruption",
-    "severity",
+    *LEVEL,
     *(column for metric in METRICS for column in (metric, f"{metric}_std")),
     "n_seeds",
     "test_sets",
     "check",
+)
+OOD_COMPARISON_COLUMNS = (
+    "model",
+    *OOD_LEVEL,
+    *(column for metric in OOD_METRICS for column in (metric, f"{metric}_std")),
+    "n_seeds",
+    "test_sets",
 )
 
 
@@ -59,7 +69,8 @@ def model_label(own_overrides: list[str]) -> str:
 
 
 def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(robustness rows of every successful job, tagged with model and test digest; each job's metadata)."""
+    """(corruption and attack rows of every successful job, tagged with model and test digest; each job's
+    metadata)."""
     rows, jobs, finished = [], [], []
     for job_dir in sorted(
         (d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)
@@ -97,6 +108,20 @@ def attack_rows(path: Path) -> list[dict[str, Any]]:
     return list(best.values())
 
 
+def ood_job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every job's ood.csv rows, tagged with its model and test digest."""
+    rows = []
+    for meta in jobs:
+        path = Path(meta["path"]).parent / "ood.csv"
+        if path.is_file():
+            tagged = {"model": meta["label"], "test_set": meta["test_index_digest"]}
+            rows += [
+                {**row, **{m: float(row[m]) for m in OOD_METRICS}, **tagged}
+                for row in csv.DictReader(path.open())
+            ]
+    return rows
+
+
 def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every baseline on every distinct data split of the sweep, at the same corruption levels and seeds."""
     rows, seen = [], set()
@@ -124,16 +149,18 @@ def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample std over seeds of every METRICS column per (model, corruption, severity), in
-    first-seen order (NaN where a model does not define the metric)."""
+def aggregate(
+    rows: list[dict[str, Any]], keys: tuple[str, ...] = LEVEL, metrics: tuple[str, ...] = METRICS
+) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of every `metrics` column per (model, *keys), in first-seen order
+    (NaN where a model does not define the metric)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["model"], row["corruption"], row["severity"])].append(row)
+        groups[(row["model"], *(row[k] for k in keys))].append(row)
     out = []
-    for (model, kind, severity), members in groups.items():
-        row = {"model": model, "corruption": kind, "severity": severity, "n_seeds": len(members)}
-        for metric in METRICS:
+    for (model, *level), members in groups.items():
+        row = {"model": model, **dict(zip(keys, level, strict=True)), "n_seeds": len(members)}
+        for metric in metrics:
             values = [float(m.get(metric, math.nan)) for m in members]
             defined = not any(math.isnan(v) for v in values)  # statistics' exact arithmetic rejects NaN
             row[metric] = statistics.fmean(values) if defined else math.nan
@@ -181,19 +208,24 @@ def reference_of(label: str, reference: str) -> str | None:
     return model_label(label.replace(match.group(0), "model.n_steps=0").split())
 
 
-def against(summary: list[dict[str, Any]], reference: str = "ablation") -> list[dict[str, Any]]:
-    """For each DPN and level: DPN minus its matched reference (the ablation or the control) for accuracy
-    and the uncertainty metrics, and whether the difference exceeds 2x the larger of the two standard
-    deviations (`significant`)."""
-    cells = {(r["model"], r["corruption"], r["severity"]): r for r in summary}
+def against(
+    summary: list[dict[str, Any]],
+    reference: str = "ablation",
+    keys: tuple[str, ...] = LEVEL,
+    metrics: tuple[str, ...] = DIFFERENCES,
+) -> list[dict[str, Any]]:
+    """For each DPN and level (`keys`): DPN minus its matched reference (the ablation or the control) for
+    each of `metrics`, and whether the difference exceeds 2x the larger of the two standard deviations
+    (`significant`)."""
+    cells = {(r["model"], *(r[k] for k in keys)): r for r in summary}
     out = []
     for r in summary:
         matched = reference_of(r["model"], reference)
-        base = cells.get((matched, r["corruption"], r["severity"])) if matched else None
+        base = cells.get((matched, *(r[k] for k in keys))) if matched else None
         if base is None:
             continue
-        row = {"model": r["model"], "corruption": r["corruption"], "severity": r["severity"]}
-        for metric in DIFFERENCES:
+        row = {"model": r["model"], **{k: r[k] for k in keys}}
+        for metric in metrics:
             difference = r.get(metric, math.nan) - base.get(metric, math.nan)
             row[f"{metric}_diff"] = difference
             row[f"{metric}_significant"] = abs(difference) > 2 * max(
@@ -246,6 +278,12 @@ def compare_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     (sweep_dir / "comparison.md").write_text(
         pivot_markdown(summary) + ("\n" + ablation_markdown(differences) if differences else "")
     )
+    ood = aggregate(ood_job_rows(jobs), OOD_LEVEL, OOD_METRICS)
+    if ood:
+        write_rows(ood, sweep_dir / "ood_comparison.csv", OOD_COMPARISON_COLUMNS)
+        for reference in REFERENCES:
+            found = against(ood, reference, OOD_LEVEL, OOD_METRICS)
+            write_rows(found, sweep_dir / f"ood_vs_{reference}.csv", list(found[0]) if found else [])
     curves = defaultdict(list)
     for row in summary:
         curves[row["model"]].append(row)

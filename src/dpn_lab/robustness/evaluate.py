@@ -51,14 +51,15 @@ def corrupted(inputs: Tensor, kind: str, severity: float, seed: int) -> Tensor:
 
 
 def dpn_outputs(net: FullArchitecture, inputs: Tensor) -> dict[str, Tensor]:
-    """Per input: the logits and predicted label, phi(x_0), phi(x_T), |x_T - x_0| and the maximum softmax
-    probability."""
+    """Per input: the features x_0, the logits and predicted label, phi(x_0), phi(x_T), |x_T - x_0| and the
+    maximum softmax probability."""
 
     def outputs(chunk: Tensor) -> dict[str, Tensor]:
         states = net.states(chunk)
         logits = net.classifier(states[-1])
         probabilities = logits.softmax(1)
         return {
+            "features": states[0],
             "logits": logits,
             "predicted": probabilities.argmax(1),
             "msp": probabilities.max(1).values,
@@ -259,8 +260,6 @@ def report_robustness(
 ) -> dict[str, float]:
     """Accuracy of the tested weights under each corruption level: files, W&B, a printed table, metrics."""
     log.info(f"Robustness: {', '.join(eval_cfg.corruptions)}")
-    if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
-        datamodule.setup("test")
     rows = evaluate_and_report(model.net, datamodule, eval_cfg, output_dir, loggers)
     print(f"\naccuracy under corruption ({eval_cfg.split} set)\n" + markdown_table(rows))
     return {f"robust/{row['corruption']}@{row['severity']:g}": row["accuracy"] for row in rows}

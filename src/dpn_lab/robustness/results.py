@@ -5,6 +5,7 @@ results/<name>/ holds
   comparison.csv    the sweep's comparison.csv (mean and std over seeds per model and corruption level);
   jobs.csv          one row per job: its overrides, status, test accuracy and number of test images;
   test_steps.csv    accuracy against the refinement steps used at test time (when the sweep dir has any);
+  ood_comparison.csv  the sweep's OOD AUROC and FPR95 per model, OOD set and score (when its jobs ran any);
   provenance.json   command, commit (and whether the tree had uncommitted changes), date, machine, torch
                     version, seconds, and the sentinel job that tests/robustness/test_results.py reruns.
 A README block between `<!-- results:<name>:<table> -->` and `<!-- end results -->` is replaced by
@@ -28,21 +29,32 @@ from typing import Any
 
 from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.errors import ConfigError
-from dpn_lab.robustness.compare import REFERENCES, against, job_rows, reference_of
+from dpn_lab.robustness.compare import (
+    LEVEL,
+    OOD_LEVEL,
+    REFERENCES,
+    against,
+    job_rows,
+    reference_of,
+)
 from dpn_lab.robustness.evaluate import write_rows
 from dpn_lab.runs.result import read_result
 
 JOB_COLUMNS = ("job", "overrides", "status", "test_acc", "n_test")
 STEPS_COLUMNS = ("model", "test_steps", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds")
 # README tables: name -> (metric, whether the calibration baselines get columns); `adversarial` is the
-# accuracy table of the attack rows, the others are of the corruption rows
+# accuracy table of the attack rows, `ood` the AUROC table of ood_comparison.csv, the others are of the
+# corruption rows; `ood_scores` (see scores_table) and `test_steps` are tables of their own
 TABLES = {
     "adversarial": ("accuracy", False),
     "ece": ("ece", False),
+    "nll": ("nll", False),
     "accuracy": ("accuracy", True),
     "auroc_potential": ("auroc_potential", False),
     "auroc_msp": ("auroc_msp", False),
+    "ood": ("auroc", False),
 }
+POTENTIAL_SCORES, OTHER_SCORES = ("phi_x0", "phi_xT"), ("msp", "energy", "mahalanobis")
 BLOCK = re.compile(
     r"(<!-- results:(?P<name>[\w-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.S
 )
@@ -149,6 +161,8 @@ def record(
     steps = steps_summary(sweep_dir)
     if steps:
         write_rows(steps, results_dir / "test_steps.csv", STEPS_COLUMNS)
+    if (sweep_dir / "ood_comparison.csv").is_file():
+        shutil.copyfile(sweep_dir / "ood_comparison.csv", results_dir / "ood_comparison.csv")
     root = Path(__file__).resolve().parents[3]
     import torch  # only for its version: the record says what computed the numbers
 
@@ -193,23 +207,31 @@ def _is_dpn(label: str) -> bool:
     return reference_of(label, "ablation") is not None
 
 
-def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) -> str:
-    """Rows: corruption level (or attack radius); a column per recipe holding its references (the ablation,
-    and the control where the sweep has one), the DPN, and the DPN minus each reference (* when larger than
-    2 std of either); the calibration baselines' columns when `baselines`."""
-    cells = {(r["model"], r["corruption"], r["severity"]): r for r in summary}
+def _level(values: tuple) -> str:
+    return " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def recipe_table(
+    summary: list[dict[str, Any]], metric: str, baselines: bool, keys: tuple[str, ...] = LEVEL
+) -> str:
+    """Rows: corruption level (or attack radius, or OOD set and score: `keys`); a column per recipe holding
+    its references (the ablation, and the control where the sweep has one), the DPN, and the DPN minus each
+    reference (* when larger than 2 std of either); the calibration baselines' columns when `baselines`."""
+    cells = {(r["model"], *(r[k] for k in keys)): r for r in summary}
     labels = list(dict.fromkeys(r["model"] for r in summary))
     differences = {
-        (reference, d["model"], d["corruption"], d["severity"]): d
+        (reference, d["model"], *(d[k] for k in keys)): d
         for reference in REFERENCES
-        for d in against(summary, reference)
+        for d in against(summary, reference, keys, (metric,))
     }
     dpns = [m for m in labels if _is_dpn(m)]
     matched = {dpn: [r for r in REFERENCES if reference_of(dpn, r) in labels] for dpn in dpns}
     references = {reference_of(dpn, r) for dpn in dpns for r in matched[dpn]}
     others = [m for m in labels if m not in dpns and m not in references]
-    levels = list(dict.fromkeys((r["corruption"], r["severity"]) for r in summary))
-    if metric.startswith("auroc"):  # a separation score is undefined on the clean set
+    levels = list(dict.fromkeys(tuple(r[k] for k in keys) for r in summary))
+    if metric.startswith(
+        "auroc_"
+    ):  # a separation score of corrupted from clean is undefined on the clean set
         levels = [level for level in levels if level[1] != 0]
 
     def number(row: dict | None) -> str:
@@ -218,8 +240,8 @@ def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) ->
         marks = "".join(sorted(set(re.findall(r"\(([abc])\)", str(row.get("check") or "")))))
         return f"{row[metric]:.3f} ± {row[f'{metric}_std']:.3f}" + (f" [{marks}]" if marks else "")
 
-    def difference(reference: str, dpn: str, kind: str, severity: float) -> str:
-        d = differences.get((reference, dpn, kind, severity))
+    def difference(reference: str, dpn: str, level: tuple) -> str:
+        d = differences.get((reference, dpn, *level))
         value = d.get(f"{metric}_diff") if d else None
         if value is None or value != value:
             return "–"
@@ -231,17 +253,53 @@ def recipe_table(summary: list[dict[str, Any]], metric: str, baselines: bool) ->
         for i, dpn in enumerate(dpns)
     ]
     header += others if baselines else []
-    lines = ["| corruption | severity | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
-    for kind, severity in levels:
+    names = {"ood_set": "OOD set"}
+    lines = [f"| {' | '.join(names.get(k, k) for k in keys)} | " + " | ".join(header) + " |"]
+    lines.append("|" + "---|" * (len(keys) + len(header)))
+    for level in levels:
         values = []
         for dpn in dpns:
-            numbers = [number(cells.get((reference_of(dpn, r), kind, severity))) for r in matched[dpn]]
-            numbers.append(number(cells.get((dpn, kind, severity))))
-            numbers += [difference(r, dpn, kind, severity) for r in matched[dpn]]
+            numbers = [number(cells.get((reference_of(dpn, r), *level))) for r in matched[dpn]]
+            numbers.append(number(cells.get((dpn, *level))))
+            numbers += [difference(r, dpn, level) for r in matched[dpn]]
             values.append(" / ".join(numbers))
         if baselines:
-            values += [number(cells.get((m, kind, severity))) for m in others]
-        lines.append(f"| {kind} | {severity:g} | " + " | ".join(values) + " |")
+            values += [number(cells.get((m, *level))) for m in others]
+        lines.append(f"| {_level(level)} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def scores_table(summary: list[dict[str, Any]]) -> str:
+    """Rows: OOD set; a column per DPN (the references' potentials are never trained: an ablation's and a
+    control's stay at their k-means start): the AUROC of -phi(x_0) and -phi(x_T), then the best of MSP,
+    energy and Mahalanobis, named. A potential score is
+    marked + when it beats that best by more than 2 std (the larger of the two), - when it loses by that."""
+    cells = {(r["model"], r["ood_set"], r["score"]): r for r in summary}
+    models = [m for m in dict.fromkeys(r["model"] for r in summary) if _is_dpn(m)]
+    sets = list(dict.fromkeys(r["ood_set"] for r in summary))
+
+    def cell(model: str, ood_set: str) -> str:
+        others = [cells[(model, ood_set, s)] for s in OTHER_SCORES if (model, ood_set, s) in cells]
+        best = max(others, key=lambda r: r["auroc"])
+        parts = []
+        for score in POTENTIAL_SCORES:
+            r = cells[(model, ood_set, score)]
+            margin = 2 * max(r["auroc_std"], best["auroc_std"])
+            mark = (
+                "+"
+                if r["auroc"] - best["auroc"] > margin
+                else "-"
+                if best["auroc"] - r["auroc"] > margin
+                else ""
+            )
+            parts.append(f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}{mark}")
+        return " / ".join([*parts, f"{best['score']} {best['auroc']:.3f} ± {best['auroc_std']:.3f}"])
+
+    header = [
+        f"({chr(97 + i)}) {_recipe(m)}: -phi(x_0) / -phi(x_T) / best other" for i, m in enumerate(models)
+    ]
+    lines = ["| OOD set | " + " | ".join(header) + " |", "|---|" + "---|" * len(models)]
+    lines += [f"| {s} | " + " | ".join(cell(m, s) for m in models) + " |" for s in sets]
     return "\n".join(lines) + "\n"
 
 
@@ -279,11 +337,16 @@ def render(results_dir: Path, table: str) -> str:
         return provenance_line(results_dir)
     if table == "test_steps":
         return steps_table(read_rows(results_dir / "test_steps.csv"))
+    if table == "ood_scores":
+        return scores_table(read_rows(results_dir / "ood_comparison.csv"))
     if table not in TABLES:
         raise ConfigError(
-            f"README block {table!r}: no such table; the tables: provenance, test_steps, {', '.join(TABLES)}"
+            f"README block {table!r}: no such table; the tables: provenance, test_steps, ood_scores, "
+            f"{', '.join(TABLES)}"
         )
     metric, baselines = TABLES[table]
+    if table == "ood":
+        return recipe_table(read_rows(results_dir / "ood_comparison.csv"), metric, baselines, OOD_LEVEL)
     rows = read_rows(results_dir / "comparison.csv")
     attacks = table == "adversarial"
     return recipe_table(

@@ -287,6 +287,25 @@ def uncertainty_plot(rows: list[dict]) -> Figure:
     return fig
 
 
+def ood_plot(rows: list[dict]) -> Figure:
+    """AUROC of every OOD score on every OOD set, grouped by set (0.5 = chance)."""
+    sets = list(dict.fromkeys(row["ood_set"] for row in rows))
+    scores = list(dict.fromkeys(row["score"] for row in rows))
+    auroc = {(row["ood_set"], row["score"]): row["auroc"] for row in rows}
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(sets), 3.4))
+    width = 0.8 / len(scores)
+    for i, score in enumerate(scores):
+        positions = np.arange(len(sets)) + (i - (len(scores) - 1) / 2) * width
+        ax.bar(positions, [auroc.get((s, score), np.nan) for s in sets], width, label=score)
+    ax.axhline(0.5, color="gray", linewidth=0.8, linestyle="--")
+    ax.set_xticks(np.arange(len(sets)), sets)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("AUROC (OOD vs in-distribution)")
+    ax.legend(fontsize=7, ncol=len(scores), loc="lower center")
+    fig.suptitle("Out-of-distribution detection (higher score = more OOD)")
+    return fig
+
+
 def steps_plot(rows: list[dict]) -> Figure:
     """Accuracy against the number of refinement steps used at test time, one line per severity."""
     kinds = list(dict.fromkeys(row["corruption"] for row in rows))
