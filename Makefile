@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/lightning_overhead.py --extractor mlp --epochs 12
 	$(BIN)/python bench/lightning_overhead.py --extractor cnn --epochs 12
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/evaluation_memory.py
 
 # a robustness comparison (README, "Does the refinement help?"): `make robustness` on digits (~15 min on 2
 # cores), `make robustness-mnist5k` on 5,000 real MNIST digits (~60 min); each is recorded in

@@ -79,3 +79,17 @@ def test_throughput_benchmark_prints_images_per_second():
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("digits", "cifar10"))]
     assert [r[:2] for r in rows] == [["digits", "1x8x8"], ["cifar10", "3x32x32"]]
     assert all(float(r[2]) > 0 for r in rows)
+
+
+def test_evaluation_memory_benchmark_prints_both_phases():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "evaluation_memory.py"), "--images", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("evaluation memory on ") and "300 test images 1x28x28" in lines[0]
+    rows = [line.split(" | ") for line in lines if line.startswith(("| calibration", "| OOD"))]
+    assert len(rows) == 2 and all(float(r[1]) > 0 and float(r[2].rstrip(" |")) >= 0 for r in rows)

@@ -36,6 +36,7 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
         "eval.attacks=[pgd_linf]",
         "eval.attack_samples=30",
         "eval.attack_steps=3",
+        "eval.ood=[uniform_noise]",
         cwd=tmp_path,
         env={"WANDB_MODE": "offline"},
     )
@@ -60,6 +61,9 @@ def test_offline_run_holds_metrics_config_and_every_figure(tmp_path):
     # the attacks after testing: their table and plot, and the strongest variant's accuracy per radius
     assert values["adversarial/table"]["_type"] == "table-file"
     assert values["adversarial/accuracy_vs_eps"]["_type"] == "images/separated"
+    # OOD detection after testing: its table and plot
+    assert values["ood/table"]["_type"] == "table-file"
+    assert values["ood/auroc"]["_type"] == "images/separated"
     assert values["test/acc"] == pytest.approx(run_result["test/acc"])
     # the fully resolved config: interpolations replaced by values
     config = json.dumps(summary["config"])

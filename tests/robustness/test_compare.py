@@ -64,3 +64,34 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
         spread = 2 * max(float(dpn["accuracy_std"]), float(ablation["accuracy_std"]))
         assert d["accuracy_significant"] == str(abs(difference) > spread)
     assert "DPN minus its matched ablation" in table
+    # the OOD sets of robustness_digits, per model, set and score, and the DPN minus its ablation
+    with open(sweep / "ood_comparison.csv") as f:
+        ood = list(csv.DictReader(f))
+    assert [(r["model"], r["ood_set"]) for r in ood[::5]] == [
+        (model, ood_set)
+        for model in ("variant=ablation", "variant=dpn")
+        for ood_set in ("uniform_noise", "permuted", "other_digits")
+    ]
+    assert all(r["n_seeds"] == "2" for r in ood)
+    per_job = [
+        {(r["ood_set"], r["score"]): float(r["auroc"]) for r in csv.DictReader((job / "ood.csv").open())}
+        for job in sorted(sweep.glob("[0-9]*"))
+        if "variant=dpn" in (job / ".hydra" / "overrides.yaml").read_text()
+    ]
+    dpn_mean = {
+        r["score"]: float(r["auroc"])
+        for r in ood
+        if r["model"] == "variant=dpn" and r["ood_set"] == "permuted"
+    }
+    for score, mean in dpn_mean.items():
+        assert mean == pytest.approx(sum(job[("permuted", score)] for job in per_job) / len(per_job))
+    with open(sweep / "ood_vs_ablation.csv") as f:
+        ood_differences = list(csv.DictReader(f))
+    assert len(ood_differences) == 15
+    cell = {(r["model"], r["ood_set"], r["score"]): float(r["auroc"]) for r in ood}
+    for d in ood_differences:
+        expected = (
+            cell[("variant=dpn", d["ood_set"], d["score"])]
+            - cell[("variant=ablation", d["ood_set"], d["score"])]
+        )
+        assert float(d["auroc_diff"]) == pytest.approx(expected)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from dpn_lab.robustness.results import read_rows, recipe_table, render_readme
+from dpn_lab.robustness.results import read_rows, recipe_table, render_readme, scores_table
 
 RESULTS = sorted(p.parent for p in (ROOT / "results").glob("*/provenance.json"))
 
@@ -97,3 +97,21 @@ def test_the_sentinel_job_reproduces_its_recorded_test_accuracy(result, make_cfg
         f"{result.name}: the sentinel {' '.join(sentinel)} now gets test/acc {metrics['test/acc']:.4f}, the "
         f"committed result says {job['test_acc']:.4f}: training numerics moved; measure the results again"
     )
+
+
+def test_the_scores_table_marks_a_potential_score_against_the_best_other_score():
+    def row(model, ood_set, score, auroc, std):
+        return {"model": model, "ood_set": ood_set, "score": score, "auroc": auroc, "auroc_std": std}
+
+    aurocs = {"msp": 0.80, "energy": 0.85, "mahalanobis": 0.90}  # the best other: mahalanobis 0.90
+    summary = [row("recipe=a variant=ablation", "noise", s, 0.5, 0.0) for s in (*aurocs, "phi_x0", "phi_xT")]
+    summary += [row("recipe=a variant=dpn", "noise", s, a, 0.01) for s, a in aurocs.items()]
+    # phi_x0 beats 0.90 by 0.06 > 2 x 0.02: +; phi_xT is 0.03 below, within 2 x 0.02: unmarked
+    summary += [row("recipe=a variant=dpn", "noise", "phi_x0", 0.96, 0.02)]
+    summary += [row("recipe=a variant=dpn", "noise", "phi_xT", 0.87, 0.02)]
+    summary += [row("recipe=a variant=dpn", "blank", s, a, 0.01) for s, a in aurocs.items()]
+    summary += [row("recipe=a variant=dpn", "blank", s, 0.2, 0.01) for s in ("phi_x0", "phi_xT")]
+    lines = scores_table(summary).splitlines()
+    assert lines[0] == "| OOD set | (a) a: -phi(x_0) / -phi(x_T) / best other |"  # the DPN only
+    assert lines[2] == "| noise | 0.960 ± 0.020+ / 0.870 ± 0.020 / mahalanobis 0.900 ± 0.010 |"
+    assert lines[3] == "| blank | 0.200 ± 0.010- / 0.200 ± 0.010- / mahalanobis 0.900 ± 0.010 |"

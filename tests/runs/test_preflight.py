@@ -154,6 +154,36 @@ BAD = [
         ["variant=deep"],
         "Could not find 'variant/deep'; available options in 'variant': ablation, control, dpn",
     ),
+    # OOD detection (eval.ood) and the classes it holds out
+    (
+        ["eval.ood=[uniform_noise,svhn]"],
+        "eval.ood.1='svhn' is not allowed; choose one of: uniform_noise, permuted, other_digits, held_out_classes",
+    ),
+    (
+        ["eval.ood=[held_out_classes]"],
+        "eval.ood=held_out_classes is not possible with data=digits: it needs data.classes, the labels to train on",
+    ),
+    (
+        ["eval.ood=[held_out_classes]", "data.classes=[0,1,2,3,4,5,6,7,8,9]"],
+        "eval.ood=held_out_classes is not possible with data=digits: it needs data.classes to leave a label out",
+    ),
+    (
+        ["data=cifar10", "eval.ood=[other_digits]"],
+        "eval.ood=other_digits is not possible with data=cifar10: it resamples a one-channel digit set to the "
+        "input's height and width: data=cifar10 has 3 channels",
+    ),
+    (["data=blobs", "eval.ood=[uniform_noise]"], "eval.ood=uniform_noise is not possible with data=blobs"),
+    (
+        ["data.classes=[0,12]"],
+        "data.classes=[0, 12] is not allowed: use null or a list of two or more distinct labels of 0..9",
+    ),
+    (["data.classes=[3,3]"], "data.classes=[3, 3] is not allowed"),
+    (["data.classes=[3]"], "data.classes=[3] is not allowed"),
+    (["data=blobs", "data.n_classes=3", "data.classes=[0,3]"], "labels of 0..2"),
+    (
+        ["robustness@eval=mnist_c", "eval.levels.rotate=[0,270]"],
+        "eval.levels.rotate.1=270 is out of range: must be a number >= 0 and <= 180",
+    ),
     # what Hydra or OmegaConf raise while composing or resolving (each printed a traceback once)
     (["=5"], "=5: an override needs a key, e.g. model.n_components=5"),
     (["data=5"], "data=5: 5 is not an option of data/; choose one of: blobs, cifar10, digits"),
