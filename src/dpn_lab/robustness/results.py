@@ -196,11 +196,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _recipe(label: str) -> str:
-    """A DPN's label without what makes it the DPN (its variant or its number of steps)."""
+    """A DPN's label without what makes it the DPN (its variant or its number of steps); "DPN" where that
+    is all the label says (a sweep of one recipe)."""
     own = label.removesuffix(" (no refinement)").split()
-    return " ".join(o for o in own if not o.startswith(("model.n_steps=", "variant="))).removeprefix(
-        "recipe="
-    )
+    recipe = " ".join(o for o in own if not o.startswith(("model.n_steps=", "variant=")))
+    return recipe.removeprefix("recipe=") or "DPN"
 
 
 def _is_dpn(label: str) -> bool:
