@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dpn_lab.data.corruption import CORRUPTIONS
-from dpn_lab.data.sources import SOURCES
+from dpn_lab.data.sources import SOURCES, classes_problem
 from dpn_lab.errors import ConfigError, not_one_of
 from dpn_lab.model.options import (
     CENTER_UPDATES,
@@ -372,17 +372,10 @@ def _check_classes(cfg: DictConfig) -> None:
     classes = OmegaConf.select(cfg, "data.classes")
     if classes is None:
         return
-    n = _source_classes(cfg)
-    labels = f"{0}..{n - 1}" if n else "the source's labels"
-    if not (
-        OmegaConf.is_list(classes)
-        and len(classes) >= 2
-        and all(type(c) is int and 0 <= c < (n or math.inf) for c in classes)
-        and len(set(classes)) == len(classes)
-    ):
-        raise ConfigError(
-            f"data.classes={classes!r} is not allowed: use null or a list of two or more distinct labels of {labels}"
-        )
+    plain = OmegaConf.to_container(classes) if OmegaConf.is_list(classes) else classes
+    problem = classes_problem(plain, _source_classes(cfg))
+    if problem:
+        raise ConfigError(f"data.classes={classes!r} {problem}")
 
 
 def _check_ood(cfg: DictConfig, command: str) -> None:

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dpn_lab.data.corruption import corrupt, seeded_generator
-from dpn_lab.data.sources import SOURCES
+from dpn_lab.data.sources import SOURCES, classes_problem
 from dpn_lab.errors import DataError
 
 
@@ -103,14 +103,9 @@ class TensorDataModule(L.LightningDataModule):
 
     def _check_classes(self) -> None:
         classes = self.hparams.classes
-        if classes is None:
-            return
-        labels = list(range(self.source_classes))
-        if len(classes) < 2 or len(set(classes)) < len(classes) or not set(classes) <= set(labels):
-            raise DataError(
-                f"data.classes={list(classes)} is not allowed: use two or more distinct labels of "
-                f"{labels[0]}..{labels[-1]}"
-            )
+        problem = None if classes is None else classes_problem(list(classes), self.source_classes)
+        if problem:
+            raise DataError(f"data.classes={list(classes)} {problem}")
 
     def load(self) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """(inputs, labels, official (test_inputs, test_labels) or None). Inputs as float, images in [0, 1]."""

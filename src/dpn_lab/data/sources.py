@@ -24,3 +24,17 @@ SOURCES: dict[str, Source] = {
     "cifar10": Source((3, 32, 32), 10, True),
     "blobs": Source(None, None, False),
 }
+
+
+def classes_problem(classes, n_labels: int | None) -> str | None:
+    """Why `classes` (data.classes) is no list of labels to train on for a source of `n_labels` labels
+    (None: not known yet), or None: it needs two or more distinct integer labels of 0..n_labels-1."""
+    labels = f"0..{n_labels - 1}" if n_labels else "the source's labels"
+    if (
+        isinstance(classes, list | tuple)
+        and len(classes) >= 2
+        and all(type(c) is int and 0 <= c < (n_labels or float("inf")) for c in classes)
+        and len(set(classes)) == len(classes)
+    ):
+        return None
+    return f"is not allowed: use null or a list of two or more distinct labels of {labels}"
