@@ -1,5 +1,6 @@
 """The benchmarks run (their figures are read by people, not asserted)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,19 @@ def test_evaluation_memory_benchmark_prints_both_phases():
     assert lines[0].startswith("evaluation memory on ") and "300 test images 1x28x28" in lines[0]
     rows = [line.split(" | ") for line in lines if line.startswith(("| calibration", "| OOD"))]
     assert len(rows) == 2 and all(float(r[1]) > 0 and float(r[2].rstrip(" |")) >= 0 for r in rows)
+
+
+def test_the_gpu_check_stops_at_once_without_a_cuda_device(tmp_path):
+    """bench/gpu_check.sh needs a GPU (README, Real scale); here it must fail fast and say why, not train."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: run bench/gpu_check.sh itself")
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)},
+    )
+    assert result.returncode != 0
+    assert "AssertionError: no CUDA device" in result.stderr and "==" not in result.stdout
+    assert list(tmp_path.iterdir()) == []

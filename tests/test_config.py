@@ -47,6 +47,10 @@ def test_every_option_of_a_group_composes(make_cfg, group):
         if cfg.get("trainer", {}).get("accelerator") == "gpu" and not torch.cuda.is_available():
             with pytest.raises(ConfigError, match="no CUDA device is visible"):
                 validate_config(cfg)
+        elif group == "data" and option == "blobs":  # flat vectors: the default CNN cannot read them
+            with pytest.raises(ConfigError, match="model.extractor=cnn is not possible with data=blobs"):
+                validate_config(cfg)
+            validate_config(make_cfg(["data=blobs", "model.extractor=mlp", "model.n_components=4"]))
         else:
             validate_config(cfg)
 

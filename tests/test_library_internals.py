@@ -47,7 +47,7 @@ def test_hydras_composition_errors_still_read_the_way_hydra_message_parses_them(
         f"Hydra's text changed; fix preflight.hydra_message: {raw!r}"
     )
     assert hydra_message(caught.value).startswith(
-        "In 'train': Could not find 'data/imagenet'; available options in 'data': blobs, cifar10, digits"
+        "In 'train': Could not find 'data/imagenet'; available options in 'data': blobs, cifar10, cifar10_synthetic, digits"
     )
 
 

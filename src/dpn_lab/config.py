@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dpn_lab.data.augment import AUGMENTS
 from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.data.sources import SOURCES, classes_problem
 from dpn_lab.errors import ConfigError, not_one_of
@@ -22,7 +23,9 @@ from dpn_lab.model.options import (
     EXTRACTOR_NAMES,
     GRAD_MODES,
     GRADIENT_IMPLS,
+    IMAGE_EXTRACTORS,
     INIT_METHODS,
+    MIN_RESNET_SIDE,
     PRECISIONS,
     REFINEMENTS,
     STEP_SIZES,
@@ -124,6 +127,8 @@ DATA_RULES: dict[str, Choice | Number] = {
     "data.split_seed": Number(integer=True, low=0),
     "data.num_workers": Number(integer=True, low=0),
     "data.download": Choice((True, False)),
+    "data.augment": Choice(AUGMENTS),
+    "data.augment_padding": Number(integer=True, low=0),
 }
 TRAINER_RULES: dict[str, Choice | Number] = {
     "trainer.accelerator": Choice(ACCELERATORS),
@@ -289,6 +294,32 @@ def _check_extractor_kwargs(cfg: DictConfig) -> None:
             )
 
 
+def _check_extractor_data(cfg: DictConfig) -> None:
+    """An image extractor needs image data, a ResNet sides of at least MIN_RESNET_SIDE (8: the digits run)."""
+    name, extractor = OmegaConf.select(cfg, "data.name"), cfg.model.extractor
+    if name not in SOURCES or extractor not in IMAGE_EXTRACTORS:
+        return
+    shape = SOURCES[name].input_shape
+    if shape is None or len(shape) != 3:
+        raise ConfigError(
+            f"model.extractor={extractor} is not possible with data={name}: its inputs are flat vectors, not "
+            "images; use model.extractor=mlp"
+        )
+    if extractor.startswith("resnet") and min(shape[1:]) < MIN_RESNET_SIDE:
+        raise ConfigError(
+            f"model.extractor={extractor} is not possible with data={name}: its {shape[1]}x{shape[2]} images are "
+            f"below the {MIN_RESNET_SIDE}x{MIN_RESNET_SIDE} that three stride-2 stages need; use model.extractor=cnn"
+        )
+
+
+def _check_augment(cfg: DictConfig) -> None:
+    augment, name = OmegaConf.select(cfg, "data.augment"), OmegaConf.select(cfg, "data.name")
+    if augment not in (None, "none") and name in SOURCES and not SOURCES[name].pixel_range:
+        raise ConfigError(
+            f"data.augment={augment} is not possible with data={name}: its inputs are no images; use none"
+        )
+
+
 def _check_corruption(cfg: DictConfig, key: str) -> None:
     use = "null or {kind: ..., severity: ...}"
     spec = _select_container(cfg, key, True, use)
@@ -428,12 +459,14 @@ def validate_config(cfg: DictConfig, command: str = "train") -> None:
             lambda: _check_model_size(cfg),
             lambda: _check_noise_pairs(cfg),
             lambda: _check_extractor_kwargs(cfg),
+            lambda: _check_extractor_data(cfg),
             lambda: _check_rules(cfg, CALLBACK_RULES),
         ]
     if command == "analyze":
         checks.append(lambda: _check_rules(cfg, ANALYZE_RULES))
     checks += [
         lambda: _check_rules(cfg, DATA_RULES),
+        lambda: _check_augment(cfg),
         lambda: _check_corruption(cfg, "data.train_corruption"),
         lambda: _check_corruption(cfg, "data.test_corruption"),
         lambda: _check_classes(cfg),

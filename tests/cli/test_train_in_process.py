@@ -12,7 +12,9 @@ from dpn_lab.train import train
 pytestmark = pytest.mark.slow  # each test takes more than ~2 s
 
 
-@pytest.mark.parametrize("data", ["digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "blobs"])
+@pytest.mark.parametrize(
+    "data", ["digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar10_synthetic", "blobs"]
+)
 def test_fast_dev_run_of_every_data_config(make_cfg, tmp_path, monkeypatch, data):
     overrides = [f"data={data}", "debug=fdr", "model.n_components=8", "model.init_samples=64"]
     if data in ("mnist", "fashion_mnist"):
@@ -27,6 +29,29 @@ def test_fast_dev_run_of_every_data_config(make_cfg, tmp_path, monkeypatch, data
     if data == "blobs":
         overrides.append("model.extractor=mlp")
     cfg = make_cfg(overrides)
+    metrics, _ = train(cfg, Path(cfg.paths.output_dir))
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_the_cifar10_resnet_recipe_trains_on_cifar10_shaped_images_under_bf16_autocast(make_cfg):
+    """experiment=cifar10_resnet (ResNet-18, crop + mirror on the device, SGD) with the synthetic images in
+    place of CIFAR-10's files, one batch of each stage in bf16-mixed: the GPU check's run, on CPU."""
+    cfg = make_cfg(
+        [
+            "experiment=cifar10_resnet",
+            "data=cifar10_synthetic",
+            "data.n_samples=400",
+            "data.batch_size=16",
+            "debug=fdr",
+            "trainer.precision=bf16-mixed",
+            "model.init_samples=64",
+        ]
+    )
+    assert (cfg.data.name, cfg.data.augment, cfg.model.extractor) == (
+        "cifar10_synthetic",
+        "crop_flip",
+        "resnet18",
+    )
     metrics, _ = train(cfg, Path(cfg.paths.output_dir))
     assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))
 

@@ -11,7 +11,10 @@ from dpn_lab.errors import ConfigError
 def test_a_foreign_data_name_or_argument_is_refused():
     with pytest.raises(ConfigError, match="data 'imagenet' is not allowed; choose one of: digits, mnist5k"):
         build_data_module({"name": "imagenet", "args": {}}, "x")
-    with pytest.raises(ConfigError, match="x: data digits takes no argument shell; it takes: batch_size"):
+    with pytest.raises(
+        ConfigError,
+        match="x: data digits takes no argument shell; it takes: augment, augment_padding, batch_size",
+    ):
         build_data_module({"name": "digits", "args": {"shell": "rm"}}, "x")
     with pytest.raises(ConfigError, match=r"x: data.batch_size is not plain data"):
         build_data_module({"name": "digits", "args": {"batch_size": object()}}, "x")

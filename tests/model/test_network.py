@@ -39,7 +39,9 @@ def test_mlp_reads_flat_inputs():
 def test_cnn_rejects_flat_input_shapes():
     with pytest.raises(ValueError, match=r"CNNExtractor needs \(channels, height, width\) inputs"):
         build_extractor("cnn", (64,), 16)
-    with pytest.raises(ValueError, match="extractor='resnet' is not allowed; choose one of: mlp, cnn"):
+    with pytest.raises(
+        ValueError, match="extractor='resnet' is not allowed; choose one of: mlp, cnn, resnet18"
+    ):
         build_extractor("resnet", (1, 8, 8), 16)
 
 
@@ -85,3 +87,50 @@ def test_cnn_options_are_checked():
         build_extractor("cnn", (1, 8, 8), 16, channels=[12])
     with pytest.raises(ValueError, match="pooling stages shrink a 8x8 image to nothing"):
         build_extractor("cnn", (1, 8, 8), 16, channels=[8, 8, 8, 8])
+
+
+def stage_sides(extractor: torch.nn.Module, images: torch.Tensor) -> list[int]:
+    """The side of the feature maps leaving the stem and each of the four residual stages."""
+    sides = []
+    for name in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
+        getattr(extractor.net, name).register_forward_hook(lambda m, i, out: sides.append(out.shape[-1]))
+    extractor(images)
+    return sides
+
+
+@pytest.mark.slow  # an 11M-parameter network on CPU
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_resnet18_has_the_cifar_stem_and_projects_to_feature_dim(norm):
+    """Against torchvision's ImageNet ResNet-18: the same blocks, a 3x3 stride-1 stem in place of the 7x7
+    stride-2 one, no max-pool, so 32x32 maps enter the first stage and 4x4 leave the last."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    extractor = build_extractor("resnet18", (3, 32, 32), 16, norm=norm).eval()
+    images = torch.rand(2, 3, 32, 32)
+    assert extractor(images).shape == (2, 16)
+    assert stage_sides(extractor, images) == [32, 32, 16, 8, 4]
+    stem = extractor.net.conv1
+    assert (stem.kernel_size, stem.stride, stem.in_channels) == ((3, 3), (1, 1), 3)
+    imagenet = sum(p.numel() for p in resnet18(num_classes=16).parameters())
+    ours = sum(p.numel() for p in extractor.parameters())
+    assert ours == imagenet - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
+    norms = {type(m).__name__ for m in extractor.modules() if "Norm" in type(m).__name__}
+    assert norms == {"BatchNorm2d" if norm == "batch" else "GroupNorm"}
+
+
+@pytest.mark.slow  # ResNet-34 on CPU
+def test_resnet34_stages_and_one_channel_images():
+    extractor = build_extractor("resnet34", (1, 28, 28), 8).eval()
+    assert [len(getattr(extractor.net, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert extractor(torch.rand(2, 1, 28, 28)).shape == (2, 8)
+
+
+@pytest.mark.slow  # an 11M-parameter network on CPU
+def test_resnet18_on_8x8_digits_ends_in_1x1_maps_and_smaller_images_are_refused():
+    extractor = build_extractor("resnet18", (1, 8, 8), 16).eval()
+    assert stage_sides(extractor, torch.rand(2, 1, 8, 8)) == [8, 8, 4, 2, 1]
+    with pytest.raises(ValueError, match="ResNet18Extractor needs images of at least 8x8, got 4x6"):
+        build_extractor("resnet18", (1, 4, 6), 16)
+    with pytest.raises(ValueError, match=r"ResNet34Extractor needs \(channels, height, width\) inputs"):
+        build_extractor("resnet34", (64,), 16)

@@ -12,13 +12,17 @@ from dpn_lab.model.options import PRECISIONS
 from dpn_lab.model.potential import DenoisingPotential, NonFiniteRefinementError, PotentialConfig
 
 D, K = 4, 3
+# every precision, and lowrank with rank 3 > D/2, which runs in precision form like full
+FORMS = [(p, 2) for p in PRECISIONS] + [("lowrank", 3)]
 
 
-def random_potential(precision: str, n_steps: int = 3, seed: int = 0, **kwargs) -> DenoisingPotential:
+def random_potential(
+    precision: str, n_steps: int = 3, seed: int = 0, rank: int = 2, **kwargs
+) -> DenoisingPotential:
     """A float64 potential with every parameter randomised away from its initial value."""
     torch.manual_seed(seed)
     module = DenoisingPotential(
-        PotentialConfig(D, K, n_steps=n_steps, precision=precision, rank=2, **kwargs)
+        PotentialConfig(D, K, n_steps=n_steps, precision=precision, rank=rank, **kwargs)
     ).double()
     with torch.no_grad():
         module.c.normal_(0, 0.5)
@@ -102,11 +106,12 @@ def test_closed_form_gradient_equals_autograd_and_explicit_formula(precision):
 @pytest.mark.parametrize(
     "gradient_impl, checkpoint_steps", [("closed_form", False), ("closed_form", True), ("autograd", False)]
 )
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_gradcheck_through_the_unrolled_ascent(precision, gradient_impl, checkpoint_steps):
+@pytest.mark.parametrize("precision, rank", FORMS)
+def test_gradcheck_through_the_unrolled_ascent(precision, rank, gradient_impl, checkpoint_steps):
     module = random_potential(
         precision,
         n_steps=3,
+        rank=rank,
         gradient_impl=gradient_impl,
         step_size="per_step",
         checkpoint_steps=checkpoint_steps,
@@ -296,9 +301,20 @@ def test_bad_arguments_are_named(kwargs, message):
         PotentialConfig(**{"feature_dim": D, "n_components": K, "precision": "full", **kwargs})
 
 
+def test_wide_factors_run_in_precision_form():
+    forms = {(p, r): random_potential(p, rank=r).uses_precision_form for p, r in FORMS}
+    assert forms == {
+        ("full", 2): True,
+        ("diag", 2): False,
+        ("spherical", 2): False,
+        ("lowrank", 2): False,
+        ("lowrank", 3): True,
+    }
+
+
 @pytest.mark.parametrize("checkpoint_steps", [False, True])
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_fused_ascent_equals_autograd_step_by_step(precision, checkpoint_steps):
+@pytest.mark.parametrize("precision, rank", FORMS)
+def test_the_fused_ascent_equals_autograd_step_by_step(precision, rank, checkpoint_steps):
     """closed_form + unrolled runs all steps as one node; autograd builds every step's graph. The loss reads
     every state (as step supervision does), so each state's own gradient enters too."""
     x0 = torch.randn(40, D, dtype=torch.float64)
@@ -308,6 +324,7 @@ def test_the_fused_ascent_equals_autograd_step_by_step(precision, checkpoint_ste
         module = random_potential(
             precision,
             n_steps=4,
+            rank=rank,
             gradient_impl=gradient_impl,
             step_size="per_step",
             checkpoint_steps=checkpoint_steps,
@@ -318,3 +335,29 @@ def test_the_fused_ascent_equals_autograd_step_by_step(precision, checkpoint_ste
         results.append([torch.stack(states).detach(), x.grad, *(p.grad for p in module.parameters())])
     for fused, reference in zip(*results, strict=True):
         torch.testing.assert_close(fused, reference, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("precision, rank", [("full", 2), ("diag", 2), ("lowrank", 2)])
+def test_under_bf16_autocast_the_mixture_runs_in_float32(precision, rank):
+    """bf16-mixed (CPU autocast here, CUDA on a GPU): the refinement takes the extractor's bf16 features,
+    computes in float32 and returns float32 states equal to the float32 computation on the same features;
+    the Functions' gradients come back in the parameters' dtype."""
+    torch.manual_seed(0)
+    module = DenoisingPotential(PotentialConfig(8, 5, n_steps=3, precision=precision, rank=rank))
+    with torch.no_grad():
+        module.c.normal_(0, 0.5)
+    features = torch.randn(16, 8).bfloat16()
+    reference = module.refine(features.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        x = features.clone().requires_grad_(True)
+        states = module.refine(x)
+        phi = module.compute_potential(features)
+        r = module.responsibilities(features)
+    assert {s.dtype for s in states} == {phi.dtype, r.dtype} == {torch.float32}
+    for state, expected in zip(states, reference, strict=True):
+        torch.testing.assert_close(state, expected, rtol=0, atol=0)
+    states[-1].sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in module.parameters())
+    assert module.mu.grad is not None and module.mu.grad.abs().sum() > 0

@@ -172,21 +172,44 @@ BAD = [
         "eval.ood=other_digits is not possible with data=cifar10: it resamples a one-channel digit set to the "
         "input's height and width: data=cifar10 has 3 channels",
     ),
-    (["data=blobs", "eval.ood=[uniform_noise]"], "eval.ood=uniform_noise is not possible with data=blobs"),
+    (
+        ["data=blobs", "model.extractor=mlp", "eval.ood=[uniform_noise]"],
+        "eval.ood=uniform_noise is not possible with data=blobs",
+    ),
     (
         ["data.classes=[0,12]"],
         "data.classes=[0, 12] is not allowed: use null or a list of two or more distinct labels of 0..9",
     ),
     (["data.classes=[3,3]"], "data.classes=[3, 3] is not allowed"),
     (["data.classes=[3]"], "data.classes=[3] is not allowed"),
-    (["data=blobs", "data.n_classes=3", "data.classes=[0,3]"], "labels of 0..2"),
+    (["data=blobs", "model.extractor=mlp", "data.n_classes=3", "data.classes=[0,3]"], "labels of 0..2"),
     (
         ["robustness@eval=mnist_c", "eval.levels.rotate=[0,270]"],
         "eval.levels.rotate.1=270 is out of range: must be a number >= 0 and <= 180",
     ),
+    # extractors and augmentation the data cannot take
+    (
+        ["data=blobs", "model.extractor=resnet18", "model.n_components=4"],
+        "model.extractor=resnet18 is not possible with data=blobs: its inputs are flat vectors, not images; use "
+        "model.extractor=mlp",
+    ),
+    (["data=blobs", "model.n_components=4"], "model.extractor=cnn is not possible with data=blobs"),
+    (
+        ["data=blobs", "model.extractor=mlp", "model.n_components=4", "data.augment=crop_flip"],
+        "data.augment=crop_flip is not possible with data=blobs: its inputs are no images; use none",
+    ),
+    (["data.augment=mirror"], "data.augment='mirror' is not allowed; choose one of: none, crop, crop_flip"),
+    (["data.augment_padding=-2"], "data.augment_padding=-2 is out of range: must be an integer >= 0"),
+    (
+        ["+model.extractor_kwargs.channels=[8]", "model.extractor=resnet18"],
+        "model.extractor_kwargs.channels is not allowed for model.extractor=resnet18; it takes: norm",
+    ),
     # what Hydra or OmegaConf raise while composing or resolving (each printed a traceback once)
     (["=5"], "=5: an override needs a key, e.g. model.n_components=5"),
-    (["data=5"], "data=5: 5 is not an option of data/; choose one of: blobs, cifar10, digits"),
+    (
+        ["data=5"],
+        "data=5: 5 is not an option of data/; choose one of: blobs, cifar10, cifar10_synthetic, digits",
+    ),
     (["model=[1,2]"], "model=[1,2]: 1 is not an option of model/; choose one of: dpn"),
     (
         ["model.n_components=${model.nonexistent}"],

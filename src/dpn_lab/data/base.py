@@ -10,6 +10,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dpn_lab.data.augment import augment
 from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.data.sources import SOURCES, classes_problem
 from dpn_lab.errors import DataError
@@ -49,6 +50,8 @@ class TensorDataModule(L.LightningDataModule):
         train_corruption, test_corruption: None or {kind: <a kind of dpn_lab.data.corruption.CORRUPTIONS>,
             severity: float}. Training corruption is drawn fresh for every batch from a generator seeded by
             (run seed, epoch, batch index, rank); test/val corruption is drawn once from split_seed.
+        augment, augment_padding: training-time augmentation of each batch on its device, before any
+            training corruption (dpn_lab.data.augment: none, crop, crop_flip), seeded like it; images only.
         val_fraction, test_fraction: stratified split fractions (test_fraction is ignored for sources with
             an official test set).
         split_seed: seed of the deterministic stratified split (separate from the training seed).
@@ -83,6 +86,8 @@ class TensorDataModule(L.LightningDataModule):
         data_dir: str = "data",
         download: bool = False,
         classes: list[int] | None = None,
+        augment: str = "none",
+        augment_padding: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -90,6 +95,8 @@ class TensorDataModule(L.LightningDataModule):
             raise DataError(
                 f"{type(self).__name__} inputs have no pixel range: corruptions apply to images only"
             )
+        if augment != "none" and not self.pixel_range:
+            raise DataError(f"data.augment={augment}: {type(self).__name__} inputs are no images; use none")
         self.batch_size_per_device = batch_size
         self.splits: dict[str, TensorBatches] = {}
         self.split_indices: dict[str, Tensor] = {}  # positions in the source (test: in the official test set)
@@ -166,19 +173,30 @@ class TensorDataModule(L.LightningDataModule):
         return corrupt(inputs, spec["kind"], spec["severity"], generator) if spec else inputs
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        spec = self.hparams.train_corruption
-        if spec and self.trainer is not None and self.trainer.training:
-            inputs, labels = batch
-            epoch = self.trainer.current_epoch
-            if epoch != self._noise_epoch:
-                self._noise_epoch, self._noise_batch = epoch, 0
-            # seeded by (run seed, epoch, batch, rank): a deterministic run reproduces, DDP ranks differ
-            generator = seeded_generator(
-                "train_corruption", torch.initial_seed(), epoch, self._noise_batch, self.trainer.global_rank
+        hp = self.hparams
+        if (
+            not (hp.train_corruption or hp.augment != "none")
+            or self.trainer is None
+            or not self.trainer.training
+        ):
+            return batch
+        if not isinstance(batch, list | tuple):  # the model summary's example input passes through here too
+            return batch
+        inputs, labels = batch
+        epoch = self.trainer.current_epoch
+        if epoch != self._noise_epoch:
+            self._noise_epoch, self._noise_batch = epoch, 0
+        # seeded by (run seed, epoch, batch, rank): a deterministic run reproduces, DDP ranks differ
+        keys = (torch.initial_seed(), epoch, self._noise_batch, self.trainer.global_rank)
+        self._noise_batch += 1
+        if hp.augment != "none":
+            inputs = augment(inputs, hp.augment, hp.augment_padding, seeded_generator("augment", *keys))
+        if hp.train_corruption:
+            spec = hp.train_corruption
+            inputs = corrupt(
+                inputs, spec["kind"], spec["severity"], seeded_generator("train_corruption", *keys)
             )
-            self._noise_batch += 1
-            return corrupt(inputs, spec["kind"], spec["severity"], generator), labels
-        return batch
+        return inputs, labels
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -188,6 +206,8 @@ class TensorDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             collate_fn=_already_batched,
             persistent_workers=self.hparams.num_workers > 0,
+            # page-locked batches copy to a GPU asynchronously (Lightning moves them with non_blocking)
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -19,6 +19,7 @@ from dpn_lab.data.base import TensorDataModule
 from dpn_lab.data.blobs import BlobsDataModule
 from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.data.mnist5k import MNIST5kDataModule
+from dpn_lab.data.synthetic import SyntheticCIFAR10DataModule
 from dpn_lab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from dpn_lab.errors import ConfigError, not_one_of
 
@@ -30,6 +31,7 @@ DATA_MODULES: dict[str, type[TensorDataModule]] = {
         MNISTDataModule,
         FashionMNISTDataModule,
         CIFAR10DataModule,
+        SyntheticCIFAR10DataModule,
         BlobsDataModule,
     )
 }

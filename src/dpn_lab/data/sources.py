@@ -22,6 +22,7 @@ SOURCES: dict[str, Source] = {
     "mnist": Source((1, 28, 28), 10, True),
     "fashion_mnist": Source((1, 28, 28), 10, True),
     "cifar10": Source((3, 32, 32), 10, True),
+    "cifar10_synthetic": Source((3, 32, 32), 10, True),
     "blobs": Source(None, None, False),
 }
 

@@ -58,3 +58,6 @@ class FashionMNISTDataModule(TorchvisionDataModule):
 
 class CIFAR10DataModule(TorchvisionDataModule):
     dataset_name, config_name = "CIFAR10", "cifar10"
+
+    def __init__(self, augment: str = "crop_flip", **kwargs) -> None:
+        super().__init__(augment=augment, **kwargs)

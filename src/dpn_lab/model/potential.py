@@ -21,14 +21,26 @@ cancels badly in float32. The factor part runs as two GEMMs per step and never b
 
     y    = x @ F_all^T - b            F_all = F.reshape(K*R, D), b = (F_i mu_i) stacked     (B x K*R)
     grad = -(r * y).reshape(B, K*R) @ F_all
+
+Where the factor is wide (R > D/2: always for `full`), the unrolled ascent runs in precision form instead,
+with P_i = A_i^T A_i formed once per forward (symmetric, K x D x D):
+
+    y_i  = P_i (x - mu_i) = x @ P_all^T - P_i mu_i     one GEMM per step         (B x K*D)
+    q_i  = < x - mu_i, y_i >                          no x^T P x - 2 mu^T P x + mu^T P mu either
+    grad = -sum_i r_i y_i                             a weighted sum, no second GEMM
+
+and its backward takes two GEMM-sized products per step (P_i G for dx; the per-component outer products
+for dP), then dA_i = A_i (dP_i + dP_i^T) once (autograd, through P = A^T A): 3 GEMMs a step instead of 6.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +55,22 @@ from dpn_lab.model.options import GRAD_MODES, GRADIENT_IMPLS, PRECISIONS, STEP_S
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise choice_error(name, value, allowed)
+
+
+def _in_parameter_dtype(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The dtype policy of the mixture under mixed precision (trainer.precision=bf16-mixed or 16-mixed):
+    autocast off, x cast to the parameters' dtype (float32), results in that dtype. In bf16's 8-bit
+    mantissa y_i = P_i x - P_i mu_i and the softmax of q lose everything that separates the components;
+    the two custom autograd Functions then also see one dtype in forward and backward."""
+
+    @functools.wraps(method)
+    def wrapped(self: DenoisingPotential, x: Tensor) -> Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return method(self, x)
+        with torch.autocast(x.device.type, enabled=False):
+            return method(self, x.to(self.mu.dtype))
+
+    return wrapped
 
 
 def _inverse_softplus(value: float) -> float:
@@ -218,6 +246,78 @@ class _FusedAscent(torch.autograd.Function):
             a.add_(dx).add_(d_states[t])
             totals = [p if s is None else s.add_(p) for s, p in zip(totals, parts, strict=True)]
         return a, d_etas, *totals, None, None
+
+
+def _precision_form_backward(G, x, mu, P_all, r, y, buffers):
+    """One step of the precision form with G = dL/d(grad phi(x)): (dx, dmu, dc, dP). With d_i = x - mu_i,
+    y_i = P_i d_i, grad = -sum_i r_i y_i and q_i = <d_i, y_i> entering r as -q_i/2 (P_i symmetric):
+
+    dr_i = -<G, y_i>,   dl_i = r_i (dr_i - sum_j r_j dr_j),   dc_i = sum_b dl_i
+    dd_i = -r_i P_i G - dl_i y_i,   dx = sum_i dd_i,   dmu_i = -sum_b dd_i
+    dP_i = sum_b w_i d_i^T = sum_b w_i x^T - (sum_b w_i) mu_i^T   with  w_i = -r_i G - dl_i d_i / 2
+
+    dP is one (K*D x B) @ (B x D) GEMM over the batch, not K small ones over permuted copies. The two
+    B x K x D `buffers` are reused by every step and hold negated quantities: no pass is spent on a sign.
+    """
+    B, K, D = y.shape
+    pg, w = buffers
+    dr = torch.mul(y, G.unsqueeze(1), out=w).sum(-1).neg_()
+    dl = r * (dr - (r * dr).sum(-1, keepdim=True))
+    r3, dl3 = r.unsqueeze(-1), dl.unsqueeze(-1)
+    neg_dd = torch.mm(G, P_all.T, out=pg).view(B, K, D).mul_(r3).addcmul_(dl3, y)  # GEMM: P_i G
+    neg_w = torch.sub(x.unsqueeze(1), mu, out=w).mul_(0.5 * dl3).addcmul_(r3, G.unsqueeze(1))
+    dP = torch.mm(neg_w.view(B, K * D).T, x).view(K, D, D)  # GEMM: sum_b w_i x^T, negated
+    dP = torch.baddbmm(dP, neg_w.sum(0).unsqueeze(-1), mu.unsqueeze(1), alpha=-1).neg_()
+    return neg_dd.sum(1).neg_(), neg_dd.sum(0), dl.sum(0), dP
+
+
+class _FusedPrecisionAscent(torch.autograd.Function):
+    """The unrolled ascent in precision form (module docstring) as one autograd node: _FusedAscent's layout
+    (states, h_t = -g_t, responsibilities, y_t kept or recomputed) with P (K x D x D) in place of the factors.
+    Backward returns dP summed over the steps; autograd carries it to A through P = A^T A."""
+
+    @staticmethod
+    def forward(ctx, x0, etas, mu, c, P, recompute: bool):
+        T, (B, D), K = etas.shape[0], x0.shape, mu.shape[0]
+        P_all = P.reshape(K * D, D)
+        offset = torch.bmm(P, mu.unsqueeze(-1)).reshape(K * D)  # P_i mu_i, once per forward
+        states, h, resp = x0.new_empty(T + 1, B, D), x0.new_empty(T, B, D), x0.new_empty(T, B, K)
+        ys = x0.new_empty(1 if recompute else T, B, K * D)
+        diff = x0.new_empty(B, K, D)
+        states[0] = x0
+        for t in range(T):
+            x = states[t]
+            y = torch.addmm(offset, x, P_all.T, beta=-1, out=ys[0 if recompute else t]).view(B, K, D)  # GEMM
+            r = resp[t]
+            torch.add(c, torch.linalg.vecdot(torch.sub(x.unsqueeze(1), mu, out=diff), y), alpha=-0.5, out=r)
+            r.copy_(r.softmax(dim=-1))
+            torch.bmm(r.unsqueeze(1), y, out=h[t].unsqueeze(1))
+            torch.addcmul(x, etas[t], h[t], value=-1, out=states[t + 1])
+        ctx.save_for_backward(states, h, resp, None if recompute else ys, etas, mu, P_all, offset)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_states):
+        states, h, resp, ys, etas, mu, P_all, offset = ctx.saved_tensors
+        T, B, K, D = len(etas), states.shape[1], mu.shape[0], mu.shape[1]
+        d_etas = torch.zeros_like(etas)
+        dmu = dc = dP = None
+        buffers = (states.new_empty(B, K * D), states.new_empty(B, K, D))
+        recomputed = states.new_empty(B, K * D) if ys is None else None
+        a = d_states[T].clone()
+        for t in reversed(range(T)):
+            d_etas[t] = -torch.dot(a.flatten(), h[t].flatten())
+            x = states[t]
+            y = ys[t] if ys is not None else torch.addmm(offset, x, P_all.T, beta=-1, out=recomputed)
+            dx, dmu_t, dc_t, dP_t = _precision_form_backward(
+                etas[t] * a, x, mu, P_all, resp[t], y.view(B, K, D), buffers
+            )
+            a.add_(dx).add_(d_states[t])
+            dmu, dc, dP = (
+                (dmu_t, dc_t, dP_t) if dP is None else (dmu.add_(dmu_t), dc.add_(dc_t), dP.add_(dP_t))
+            )
+        return a, d_etas, dmu, dc, dP, None
 
 
 @dataclass(frozen=True)
@@ -425,14 +525,17 @@ class DenoisingPotential(nn.Module):
             )
         return self._autograd_gradient(x, f)
 
+    @_in_parameter_dtype
     def compute_potential(self, x: Tensor) -> Tensor:
         """phi(x) = logsumexp_i(c_i - ||A_i (x - mu_i)||^2 / 2) for a batch x (B x D) -> (B)."""
         return self._potential(x, self._frozen())
 
+    @_in_parameter_dtype
     def compute_gradient(self, x: Tensor) -> Tensor:
         """grad phi(x) (B x D), by `gradient_impl`."""
         return self._gradient(x, self._frozen())
 
+    @_in_parameter_dtype
     def responsibilities(self, x: Tensor) -> Tensor:
         """r_i(x) = softmax_i(c_i - q_i(x) / 2) (B x K): which component claims each point."""
         f = self._frozen()
@@ -442,12 +545,19 @@ class DenoisingPotential(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # The ascent
 
+    @property
+    def uses_precision_form(self) -> bool:
+        """Whether the unrolled ascent runs in precision form: 3 GEMMs of B x D x K*D a step against the
+        factor form's 6 of B x D x K*R, so where R > D/2 (`full`; `lowrank` with rank > D/2)."""
+        return self.precision_factor is not None and 2 * self.precision_factor.shape[1] > self.dim
+
     def _step(self, x: Tensor, eta: Tensor, f: _Frozen) -> Tensor:
         x_next = x + eta * self._gradient(x, f)
         if self.training and self.langevin_temperature > 0:
             x_next = x_next + torch.sqrt(2 * eta * self.langevin_temperature) * torch.randn_like(x)
         return x_next
 
+    @_in_parameter_dtype
     def refine(self, x: Tensor) -> list[Tensor]:
         """States x_0 .. x_T of the ascent, each still in the autograd graph (as `grad_mode` allows)."""
         f = self._frozen()
@@ -461,17 +571,16 @@ class DenoisingPotential(nn.Module):
             and not (self.training and self.langevin_temperature > 0)
         )
         if fused:  # one autograd node for all T steps
-            stacked = _FusedAscent.apply(
-                x,
-                etas,
-                f.mu,
-                f.c,
-                f.diag,
-                f.factor_all,
-                f.factor_offset,
-                f.rank,
-                self.checkpoint_steps or not torch.is_grad_enabled(),  # nothing to keep y for without grad
-            )
+            # without grad there is nothing to keep y for
+            recompute = self.checkpoint_steps or not torch.is_grad_enabled()
+            if self.uses_precision_form:
+                stacked = _FusedPrecisionAscent.apply(
+                    x, etas, f.mu, f.c, self.precision_matrices(), recompute
+                )
+            else:
+                stacked = _FusedAscent.apply(
+                    x, etas, f.mu, f.c, f.diag, f.factor_all, f.factor_offset, f.rank, recompute
+                )
             states = list(stacked.unbind(0))
             if self._checks_finite:
                 self.check_finite(states)
