@@ -37,7 +37,7 @@ bench: install
 	$(BIN)/python bench/evaluation_memory.py
 
 # a robustness comparison (README, "Does the refinement help?"): `make robustness` on digits (~15 min on 2
-# cores), `make robustness-mnist5k` on 5,000 real MNIST digits (~60 min); each is recorded in
+# cores), `make robustness-mnist5k` on 5,000 real MNIST digits (51 min, budget 60); each is recorded in
 # results/robustness_<data>/ with the commit and the command, and the README's tables are rendered from it;
 # the sentinel is the default recipe's DPN
 robustness: robustness-digits
