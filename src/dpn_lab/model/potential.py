@@ -560,22 +560,23 @@ class DenoisingPotential(nn.Module):
     @_in_parameter_dtype
     def refine(self, x: Tensor) -> list[Tensor]:
         """States x_0 .. x_T of the ascent, each still in the autograd graph (as `grad_mode` allows)."""
-        f = self._frozen()
-        etas = self.step_sizes()
         states = [x]
         if not self.active or self.n_steps == 0:
             return states
+        etas = self.step_sizes()
         fused = (
             self.gradient_impl == "closed_form"
             and self.grad_mode == "unrolled"
             and not (self.training and self.langevin_temperature > 0)
         )
+        # the precision form needs P only; everything else reads the factor form's per-forward quantities
+        f = None if fused and self.uses_precision_form else self._frozen()
         if fused:  # one autograd node for all T steps
             # without grad there is nothing to keep y for
             recompute = self.checkpoint_steps or not torch.is_grad_enabled()
-            if self.uses_precision_form:
+            if f is None:
                 stacked = _FusedPrecisionAscent.apply(
-                    x, etas, f.mu, f.c, self.precision_matrices(), recompute
+                    x, etas, self.mu, self.c, self.precision_matrices(), recompute
                 )
             else:
                 stacked = _FusedAscent.apply(
