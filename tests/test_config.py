@@ -127,6 +127,10 @@ BAD_VALUES = [
     ("model.aux_loss_weight=-1", "model.aux_loss_weight=-1 is out of range: must be a number >= 0"),
     ("model.init_samples=0", "model.init_samples=0 is out of range: must be an integer >= 1"),
     (
+        "model.refinement_weight_decay=-0.1",
+        "model.refinement_weight_decay=-0.1 is out of range: must be a number >= 0 or null",
+    ),
+    (
         "model.checkpoint_steps=maybe",
         "model.checkpoint_steps='maybe' is not allowed; choose one of: True, False",
     ),

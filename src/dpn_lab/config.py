@@ -111,6 +111,7 @@ MODEL_RULES: dict[str, Choice | Number] = {
     "model.extractor_kwargs.norm": Choice(CNN_NORMS),
     "model.extractor_kwargs.pool": Choice(CNN_POOLS),
     "model.consistency_weight": Number(low=0),
+    "model.refinement_weight_decay": Number(low=0, nullable=True),
     "model.center_update": Choice(CENTER_UPDATES),
     "model.refinement": Choice(REFINEMENTS),
     "model.center_momentum": Number(low=0, high=1, high_open=True),

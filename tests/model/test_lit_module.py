@@ -142,3 +142,40 @@ def test_the_divergence_message_names_the_learning_rate_in_force(tmp_path):
     _fit(model, tmp_path, max_epochs=2)
     message = str(model._diverged("the loss is nan"))
     assert "the learning rate (now 0.025; model.optimizer.lr sets it)" in message  # 0.1 * 0.5^2
+
+
+@pytest.mark.parametrize("refinement", ["potential", "residual_mlp"])
+def test_refinement_weight_decay_spares_only_the_refinements_parameters(refinement):
+    torch.manual_seed(0)
+    sgd = partial(torch.optim.SGD, lr=0.1, weight_decay=0.5)
+    module = DPNLitModule(
+        [1, 8, 8],
+        10,
+        extractor="mlp",
+        n_steps=3,
+        refinement=refinement,
+        refinement_weight_decay=0.0,
+        optimizer=sgd,
+    )
+    optimizer = module.configure_optimizers()["optimizer"]
+    refiner = module.net.residual if refinement == "residual_mlp" else module.net.potential
+    own = {id(p) for p in refiner.parameters()}
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert own and own <= {id(p) for p in trainable}
+    # one step with zero gradients moves only by weight decay: p <- p - lr * wd * p elsewhere, nothing here
+    before = {id(p): p.detach().clone() for p in trainable}
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for p in trainable:
+        expected = before[id(p)] if id(p) in own else before[id(p)] * (1 - 0.1 * 0.5)
+        torch.testing.assert_close(p.detach(), expected)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+
+
+def test_without_refinement_weight_decay_every_parameter_takes_the_optimizers():
+    sgd = partial(torch.optim.SGD, lr=0.1, weight_decay=0.5)
+    module = DPNLitModule([1, 8, 8], 10, extractor="mlp", n_steps=3, optimizer=sgd)
+    (group,) = module.configure_optimizers()["optimizer"].param_groups
+    assert group["weight_decay"] == 0.5
+    assert {id(p) for p in group["params"]} == {id(p) for p in module.parameters() if p.requires_grad}

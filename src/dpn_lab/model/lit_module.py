@@ -80,6 +80,7 @@ class DPNLitModule(L.LightningModule):
         init_step_limit: float | None = 0.25,
         compile: bool = False,
         refinement: str = "potential",
+        refinement_weight_decay: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         **potential: Any,
@@ -308,10 +309,26 @@ class DPNLitModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def _parameter_groups(self) -> list[Tensor] | list[dict[str, Any]]:
+        """The trainable parameters; with `refinement_weight_decay` set, the refinement's own (the potential's
+        mu, c, precisions and step size, or the control's MLP) in a group with that weight decay: the optimizer's
+        decay would pull the centers to the origin, the precisions to zero and eta's raw value to 0 (eta 0.69)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = self.hparams.get("refinement_weight_decay")
+        if decay is None:
+            return params
+        modules = (self.net.potential, self.net.residual)
+        own = {id(p) for m in modules if m is not None for p in m.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in own]},
+            {"params": [p for p in params if id(p) in own], "weight_decay": decay},
+        ]
+        return [group for group in groups if group["params"]]
+
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None:
             raise RuntimeError("DPNLitModule was built without an optimizer: it can evaluate but not train")
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = self.optimizer_factory(params=self._parameter_groups())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer)
