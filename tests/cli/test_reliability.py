@@ -24,7 +24,9 @@ def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_
     args = ["seed=3", "trainer.deterministic=true", "trainer.max_epochs=6", *FAST]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    assert run_cli("dpn_lab.train", *args, cwd=whole).returncode == 0
+    assert (
+        run_in_process("dpn_lab.train", *args, cwd=whole).returncode == 0
+    )  # only the killed run needs a process
 
     process = start_cli(*args, cwd=killed, stdout=subprocess.DEVNULL)
 
@@ -40,7 +42,7 @@ def test_a_killed_deterministic_run_resumes_to_the_same_weights_and_metrics(tmp_
     epoch_at_kill = read_checkpoint(str(first / "checkpoints" / "last.ckpt"))["epoch"]
     assert 2 <= epoch_at_kill < 5
 
-    resumed = run_cli("dpn_lab.train", *args, "ckpt_path=last", cwd=killed)
+    resumed = run_in_process("dpn_lab.train", *args, "ckpt_path=last", cwd=killed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (whole_run,) = (whole / "outputs" / "train" / "runs").iterdir()
     a, b = final_state(whole_run), final_state(first)
