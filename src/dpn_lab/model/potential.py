@@ -327,7 +327,8 @@ class _FusedPrecisionAscent(torch.autograd.Function):
         states, h, resp, ys, etas, mu, P_all, P_all_T, neg_offset = ctx.saved_tensors
         T, B, K, D = len(etas), states.shape[1], mu.shape[0], mu.shape[1]
         v, vT_x = states.new_empty(B, K, D), states.new_zeros(D, K * D)
-        adjoints, dls = states.new_empty(T, B, D), resp.new_empty(T, B, K)  # a_{t+1} = dL/dx_{t+1}, dl_t
+        # per step: a_{t+1} = dL/dx_{t+1}, G_t = eta_t a_{t+1} and dl_t, kept for the sums over all steps
+        adjoints, Gs, dls = states.new_empty(T, B, D), states.new_empty(T, B, D), resp.new_empty(T, B, K)
         recomputed = states.new_empty(B, K * D) if ys is None else None
         a = d_states[T]
         for t in reversed(range(T)):
@@ -335,14 +336,13 @@ class _FusedPrecisionAscent(torch.autograd.Function):
             x = states[t]
             y = ys[t] if ys is not None else torch.addmm(neg_offset, x, P_all_T, out=recomputed)
             dx, dls[t] = _precision_form_backward_step(
-                etas[t] * a, x, P_all, neg_offset, resp[t], y.view(B, K, D), v, vT_x
+                torch.mul(a, etas[t], out=Gs[t]), x, P_all, neg_offset, resp[t], y.view(B, K, D), v, vT_x
             )
             a = dx.add_(a).add_(d_states[t])
         d_etas = -torch.linalg.vecdot(adjoints.view(T, -1), h.view(T, -1))
-        Gs = (etas.view(T, 1, 1) * adjoints).view(T * B, D)
         dmu, dc, dP = _precision_form_parameter_grads(
             vT_x,
-            Gs,
+            Gs.view(T * B, D),
             states[:T].reshape(T * B, D),
             resp.view(T * B, K),
             dls.view(T * B, K),
