@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from conftest import run_cli
+from conftest import QUICK, run_cli
 from dpn_lab.viz.plots import FIGURE_KINDS
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def test_multirun_groups_runs_by_sweep_and_finishes_each(tmp_path):
         "logger=wandb",
         "model.n_steps=0,2",
         "trainer.max_epochs=1",
-        "callbacks.figures.every_n_epochs=0",
+        *QUICK,
         cwd=tmp_path,
         env={"WANDB_MODE": "offline"},
     )
@@ -106,6 +106,6 @@ def test_multirun_groups_runs_by_sweep_and_finishes_each(tmp_path):
         names.add(record["display_name"])
     # Hydra's override_dirname: every override of the job, sorted
     assert names == {
-        "callbacks.figures.every_n_epochs=0,logger=wandb,model.n_steps=0,trainer.max_epochs=1",
-        "callbacks.figures.every_n_epochs=0,logger=wandb,model.n_steps=2,trainer.max_epochs=1",
+        "logger=wandb,model.n_steps=0,robustness@eval=none,trainer.max_epochs=1,~callbacks.figures=null",
+        "logger=wandb,model.n_steps=2,robustness@eval=none,trainer.max_epochs=1,~callbacks.figures=null",
     }
