@@ -1,9 +1,11 @@
 """The benchmarks run (their figures are read by people, not asserted)."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -13,22 +15,23 @@ pytestmark = pytest.mark.slow  # each test takes more than ~2 s
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_refinement_benchmark_prints_its_three_tables_and_the_plot(tmp_path):
+def run_bench(script: str, *args: str, capsys) -> str:
+    """What `python bench/<script> args` prints, run in this process (the imports are paid once per suite,
+    not once per benchmark: ~5 s each)."""
+    with patch.object(sys, "argv", [script, *args]):
+        runpy.run_path(str(ROOT / "bench" / script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_refinement_benchmark_prints_its_three_tables_and_the_plot(tmp_path, capsys):
     plot = tmp_path / "growth.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "refinement.py"),
-            *("--batch", "8", "--dim", "4", "--components", "3", "--steps", "2", "--repeats", "1"),
-            "--no-compile",
-            *("--plot", str(plot)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    out = run_bench(
+        "refinement.py",
+        *("--batch", "8", "--dim", "4", "--components", "3", "--steps", "2", "--repeats", "1"),
+        "--no-compile",
+        *("--plot", str(plot)),
+        capsys=capsys,
     )
-    out = result.stdout
     assert out.startswith("refinement benchmark on cpu: ") and f"torch {torch.__version__}" in out
     for title in ("1. forward+backward", "2. one forward step", "3. how the cost grows"):
         assert title in out
@@ -40,57 +43,29 @@ def test_refinement_benchmark_prints_its_three_tables_and_the_plot(tmp_path):
     assert plot.stat().st_size > 1000
 
 
-def test_lightning_overhead_benchmark_prints_both_loops_and_their_ratio():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "lightning_overhead.py"),
-            "--extractor",
-            "mlp",
-            "--epochs",
-            "2",
-            "--rounds",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+def test_lightning_overhead_benchmark_prints_both_loops_and_their_ratio(capsys):
+    out = run_bench(
+        "lightning_overhead.py", "--extractor", "mlp", "--epochs", "2", "--rounds", "2", capsys=capsys
     )
     rows = {
-        line.split()[0]: line.split()
-        for line in result.stdout.splitlines()
-        if line.startswith(("plain", "Lightning "))
+        line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("plain", "Lightning "))
     }
     assert rows["plain"][-1] == "1.000x" and float(rows["Lightning"][-1].rstrip("x")) > 0
 
 
-def test_throughput_benchmark_prints_images_per_second():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "throughput.py"),
-            *("--steps", "2", "--warmup", "1", "--batch-size", "16", "--configs", "digits", "cifar10"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+def test_throughput_benchmark_prints_images_per_second(capsys):
+    out = run_bench(
+        "throughput.py",
+        *("--steps", "2", "--warmup", "1", "--batch-size", "16", "--configs", "digits", "cifar10"),
+        capsys=capsys,
     )
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("digits", "cifar10"))]
+    rows = [line.split() for line in out.splitlines() if line.startswith(("digits", "cifar10"))]
     assert [r[:2] for r in rows] == [["digits", "1x8x8"], ["cifar10", "3x32x32"]]
     assert all(float(r[2]) > 0 for r in rows)
 
 
-def test_evaluation_memory_benchmark_prints_both_phases():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "evaluation_memory.py"), "--images", "300"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    lines = result.stdout.splitlines()
+def test_evaluation_memory_benchmark_prints_both_phases(capsys):
+    lines = run_bench("evaluation_memory.py", "--images", "300", capsys=capsys).splitlines()
     assert lines[0].startswith("evaluation memory on ") and "300 test images 1x28x28" in lines[0]
     rows = [line.split(" | ") for line in lines if line.startswith(("| calibration", "| OOD"))]
     assert len(rows) == 2 and all(float(r[1]) > 0 and float(r[2].rstrip(" |")) >= 0 for r in rows)
