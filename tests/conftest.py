@@ -219,11 +219,12 @@ def place(tmp_path) -> tuple[Path, str]:
 
 
 def run_in_process(
-    module: str, *args: str, cwd: Path, env: dict | None = None
+    module: str, *args: str, cwd: Path, env: dict | None = None, encoding: str = "utf-8"
 ) -> subprocess.CompletedProcess:
     """`python -m module args` run inside the test process, for tests about what a command does rather than
     about the process itself (signals, DDP, a broken stdout stay in run_cli): the same code path from the
     module's `__main__` (preflight, Hydra, the one-line errors), without paying ~7 s of imports per call.
+    `encoding` is the standard streams' (what PYTHONIOENCODING sets for a process, e.g. "ascii").
     The environment, the working directory, sys.argv and the standard streams are restored afterwards."""
     import io
     import runpy
@@ -232,7 +233,7 @@ def run_in_process(
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_argv, saved_streams = sys.argv, (sys.stdout, sys.stderr)
-    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2)]
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding=encoding, write_through=True) for _ in range(2)]
     os.environ.clear()
     os.environ.update(cli_environment(cwd, env))
     os.chdir(cwd)
@@ -253,7 +254,7 @@ def run_in_process(
         os.environ.clear()
         os.environ.update(saved_env)
         GlobalHydra.instance().clear()
-    out, err = (stream.buffer.getvalue().decode("utf-8", "replace") for stream in streams)
+    out, err = (stream.buffer.getvalue().decode(encoding, "replace") for stream in streams)
     return subprocess.CompletedProcess([module, *args], code, out, err)
 
 

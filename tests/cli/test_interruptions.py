@@ -86,9 +86,7 @@ def test_an_unwritable_stdout_and_an_ascii_terminal_do_not_lose_the_run(tmp_path
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert json.loads((run / "result.json").read_text())["status"] == "ok"
 
-    ascii_run = run_cli(
-        "dpn_lab.train", "trainer.max_epochs=1", *FAST, cwd=tmp_path, env={"PYTHONIOENCODING": "ascii"}
-    )
+    ascii_run = run_in_process("dpn_lab.train", "trainer.max_epochs=1", *FAST, cwd=tmp_path, encoding="ascii")
     assert ascii_run.returncode == 0, ascii_run.stderr[-2000:]
     assert "dpn_lab.train summary" in ascii_run.stdout and "test/acc" in ascii_run.stdout
 
