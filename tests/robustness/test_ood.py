@@ -38,12 +38,28 @@ def test_mahalanobis_is_the_distance_to_the_nearest_class_mean_under_the_shared_
     mixing = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.2, 0.0, 0.7]])
     labels = rng.integers(0, 3, 600)
     features = means[labels] + rng.standard_normal((600, 3)) @ mixing
-    score = Mahalanobis.fit(torch.as_tensor(features), torch.as_tensor(labels), 3)
+    score = Mahalanobis.fit(torch.as_tensor(features), torch.as_tensor(labels))
     # independently, in numpy: pooled covariance, its inverse, min over classes of the quadratic form
     centred = features - np.stack([features[labels == c].mean(0) for c in range(3)])[labels]
     precision = np.linalg.inv(centred.T @ centred / len(features))
     class_means = np.stack([features[labels == c].mean(0) for c in range(3)])
     queries = rng.standard_normal((50, 3)) * 3
+    differences = queries[:, None, :] - class_means[None]
+    expected = np.einsum("nkd,de,nke->nk", differences, precision, differences).min(1)
+    np.testing.assert_allclose(score(torch.as_tensor(queries)).numpy(), expected, rtol=1e-5)
+
+
+def test_mahalanobis_uses_the_classes_present_when_one_has_no_image():
+    rng = np.random.default_rng(1)
+    labels = rng.choice(
+        [0, 2, 3], 200
+    )  # class 1 of 0..3 has no image (a fast dev run's one batch can miss one)
+    features = rng.standard_normal((200, 2)) + labels[:, None]
+    score = Mahalanobis.fit(torch.as_tensor(features), torch.as_tensor(labels))
+    class_means = np.stack([features[labels == c].mean(0) for c in (0, 2, 3)])
+    centred = features - class_means[np.searchsorted([0, 2, 3], labels)]
+    precision = np.linalg.inv(centred.T @ centred / len(features))
+    queries = rng.standard_normal((20, 2)) * 2
     differences = queries[:, None, :] - class_means[None]
     expected = np.einsum("nkd,de,nke->nk", differences, precision, differences).min(1)
     np.testing.assert_allclose(score(torch.as_tensor(queries)).numpy(), expected, rtol=1e-5)
@@ -99,7 +115,7 @@ def test_scores_are_higher_for_more_ood_by_their_definitions(digits):
     torch.manual_seed(0)
     net = DPNLitModule([1, 8, 8], 10, n_steps=2, n_components=4, feature_dim=6).eval().net
     train = digits.splits["train"]
-    mahalanobis = Mahalanobis.fit(net.features(train.inputs).detach(), train.labels, 10)
+    mahalanobis = Mahalanobis.fit(net.features(train.inputs).detach(), train.labels)
     images = digits.splits["test"].inputs[:20]
     scores = ood_scores(net, images, mahalanobis)
     assert list(scores) == list(SCORES)

@@ -66,9 +66,8 @@ class FigureLogger(L.Callback):
     def _render(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int, tag: str) -> None:
         if not trainer.is_global_zero:
             return
-        n_samples = self.n_samples
-        if trainer.fast_dev_run:  # one batch of everything (debug=fdr): the figures' samples too
-            n_samples = min(n_samples, int(trainer.fast_dev_run) * trainer.datamodule.batch_size_per_device)
+        # a fast dev run (debug=fdr) is one batch of everything: the figures' samples too
+        n_samples = min(self.n_samples, trainer.datamodule.fast_dev_run_images() or self.n_samples)
         inputs, labels = trainer.datamodule.splits["train"].sample(n_samples, seed=0)
         directory = Path(trainer.default_root_dir) / "figures"
         written = write_figures(

@@ -155,6 +155,20 @@ class TensorDataModule(L.LightningDataModule):
         self.split_indices = {name: index for name, (_, _, index) in splits.items()}
         self.splits = {name: TensorBatches(x, y) for name, (x, y, _) in splits.items()}
 
+    def fast_dev_run_images(self) -> int | None:
+        """Images in a fast dev run's batches (trainer.fast_dev_run=n runs n per stage), None outside one."""
+        batches = self.trainer.fast_dev_run if self.trainer is not None else 0
+        return int(batches) * self.batch_size_per_device or None
+
+    def keep_first(self, n: int) -> None:
+        """Cut every split, its source positions and the held-out classes' images to their first n items."""
+
+        def cut(splits: dict[str, TensorBatches]) -> dict[str, TensorBatches]:
+            return {name: TensorBatches(s.inputs[:n], s.labels[:n]) for name, s in splits.items()}
+
+        self.splits, self.held_out = cut(self.splits), cut(self.held_out)
+        self.split_indices = {name: index[:n] for name, index in self.split_indices.items()}
+
     def _keep_classes(self, splits: dict[str, tuple]) -> tuple[dict[str, tuple], dict[str, tuple]]:
         """(kept, held out) per split: kept has the labels of `classes`, renumbered by their position
         in it; held out has the rest, with their source labels."""

@@ -78,14 +78,16 @@ class Mahalanobis:
     whiten: Tensor  # D x D, L^-1 for S = L L^T
 
     @classmethod
-    def fit(cls, features: Tensor, labels: Tensor, n_classes: int) -> Mahalanobis:
-        """Means and the pooled within-class covariance of (features, labels), in float64; a ridge of 1e-6
-        of the mean variance keeps S invertible when features are collinear."""
+    def fit(cls, features: Tensor, labels: Tensor) -> Mahalanobis:
+        """Means of the classes present in labels (a class without an image has no mean: a fast dev run's one
+        batch can miss one) and their pooled within-class covariance, in float64; a ridge of 1e-6 of the mean
+        variance keeps S invertible when features are collinear."""
         import torch
 
         x = features.double()
-        means = torch.stack([x[labels == c].mean(0) for c in range(n_classes)])
-        centred = x - means[labels]
+        present, position = labels.unique(return_inverse=True)
+        means = torch.stack([x[position == i].mean(0) for i in range(len(present))])
+        centred = x - means[position]
         covariance = centred.T @ centred / len(x)
         ridge = 1e-6 * covariance.diagonal().mean().clamp(min=1e-12)
         covariance = covariance + ridge * torch.eye(len(covariance), dtype=x.dtype)
@@ -153,7 +155,7 @@ def ood_rows(net: FullArchitecture, datamodule, eval_cfg) -> list[dict[str, Any]
             raise DataError(f"eval.ood={ood_set} is not possible here: it {problem}")
     train = datamodule.splits["train"]
     features = in_chunks(net, lambda chunk: {"x0": net.features(chunk)}, train.inputs)["x0"].cpu()
-    mahalanobis = Mahalanobis.fit(features, train.labels, datamodule.n_classes)
+    mahalanobis = Mahalanobis.fit(features, train.labels)
     inside = ood_scores(net, datamodule.splits[eval_cfg.split].inputs, mahalanobis)
     rows = []
     for ood_set in eval_cfg.ood:
