@@ -72,13 +72,13 @@ def prototype_grid(
     rows, cols = nearest.shape
     tiles = images[nearest.flatten()].cpu().float().clamp(0, 1)  # rows*cols x C x H x W
     channels, height, width = tiles.shape[1:]
-    # white is 0 under gray_r and 1 in RGB
-    montage = torch.full((channels, rows * (height + 1) + 1, cols * (width + 1) + 1), float(channels != 1))
-    for k, tile in enumerate(tiles):
-        r, c = divmod(k, cols)
-        montage[
-            :, 1 + r * (height + 1) : (r + 1) * (height + 1), 1 + c * (width + 1) : (c + 1) * (width + 1)
-        ] = tile
+    white = float(channels != 1)  # 0 under gray_r, 1 in RGB
+    # a white line above and left of each tile, the tiles laid out row by row, then the closing lines
+    tiles = torch.nn.functional.pad(tiles, (1, 0, 1, 0), value=white)
+    grid = tiles.view(rows, cols, channels, height + 1, width + 1).permute(2, 0, 3, 1, 4)
+    montage = torch.nn.functional.pad(
+        grid.reshape(channels, rows * (height + 1), cols * (width + 1)), (0, 1, 0, 1), value=white
+    )
     fig, ax = plt.subplots(figsize=(1.1 * cols + 1.6, 1.1 * rows + 0.8))
     if channels == 1:
         ax.imshow(montage[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
