@@ -24,13 +24,12 @@ pytestmark = pytest.mark.slow  # each test trains (more than ~2 s)
 def test_final_figures_are_drawn_from_n_samples_or_one_batch_in_a_fast_dev_run(
     make_cfg, monkeypatch, overrides, n_drawn
 ):
-    drawn = []
+    drawn, write_figures = [], figure_logger.write_figures
 
     def spy(net, inputs, labels, *args, **kwargs):
         drawn.append((len(inputs), len(labels)))
         return write_figures(net, inputs, labels, *args, **kwargs)
 
-    write_figures = figure_logger.write_figures
     monkeypatch.setattr(figure_logger, "write_figures", spy)
     cfg = make_cfg(
         [

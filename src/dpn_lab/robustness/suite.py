@@ -18,8 +18,9 @@ def report_evaluations(
 ) -> dict[str, float]:
     """Run each evaluation eval_cfg names on the tested weights; their files go to output_dir. Metrics.
 
-    After a fast dev run (debug=fdr: one batch of everything) they run on one batch of each split: on the
-    full test set, the default corruptions alone put 200,000 CIFAR-10 images through the network.
+    After a fast dev run (debug=fdr: one batch of everything) they run on one batch of each split, and the
+    datamodule keeps only that batch: on the full test set, the default corruptions alone put 200,000 CIFAR-10
+    images through the network.
     """
     metrics: dict[str, float] = {}
     if not datamodule.splits:  # ddp_spawn set the data up in its worker processes only
