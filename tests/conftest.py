@@ -12,6 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# isort: off
+import dpn_lab  # noqa: F401  first: pins torch's CPU kernels (dpn_lab.runs.cpu_kernels) before torch loads
+
+# isort: on
 import numpy as np
 import pytest
 import torch
