@@ -36,13 +36,17 @@ bench: install
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/evaluation_memory.py
 
-# a robustness comparison (README, "Does the refinement help?"): `make robustness` on digits (~15 min on 2
-# cores), `make robustness-mnist5k` on 5,000 real MNIST digits (51 min, budget 60); each is recorded in
-# results/robustness_<data>/ with the commit and the command, and the README's tables are rendered from it;
-# the sentinel is the default recipe's DPN
+# a robustness comparison (docs/results.md): `make robustness` on digits (5 seeds, ~25-35 min on 2 cores),
+# `make robustness-mnist5k` on 5,000 real MNIST digits (3 seeds, ~51 min); each is recorded in
+# results/robustness_<data>/ with the commit, the command and the machine, and the pages' tables are
+# rendered from it; the sentinel is the default recipe's DPN. Run again after a kill, the same command keeps
+# the jobs that finished with the same code and overrides, continues a killed job from its last.ckpt and
+# runs the rest; `make robustness-fresh-<data>` starts from nothing.
 robustness: robustness-digits
-robustness-%: install
+robustness-fresh-%:
 	rm -rf outputs/results/robustness_$*
+	$(MAKE) robustness-$*
+robustness-%: install
 	start=$$(date +%s) && commit=$$(git rev-parse HEAD)$$(git status --porcelain -- src conf | grep -q . && echo +dirty || true) && \
 	$(BIN)/python -m dpn_lab.train experiment=robustness_$* hydra.sweep.dir=outputs/results/robustness_$* && \
 	$(BIN)/python -m dpn_lab.results record robustness_$* outputs/results/robustness_$* --command "make $@" \

@@ -1,14 +1,19 @@
-"""python -m dpn_lab.results record|render|check: committed results and the README tables made from them.
+"""python -m dpn_lab.results record|render|check|compare: committed results, the pages made from them, and the
+paired comparison of any sweep.
 
+  compare SWEEP_DIR --by KEY --reference VALUE [--reference VALUE ...] [--treatment VALUE ...]
+      pair the jobs of a finished sweep by seed and compare every other value of the override KEY (or the
+      --treatment values) with each reference: writes runs.csv, paired.csv, comparison.csv, comparison.md
+      (verdicts, per-level tables) and comparison_forest.png into SWEEP_DIR, prints comparison.md
   record NAME SWEEP_DIR --sentinel "recipe=... seed=0" [--command CMD] [--seconds S] [--commit SHA[+dirty]]
-      copy a finished comparison sweep into results/NAME/ (comparison.csv, jobs.csv, test_steps.csv,
-      provenance.json with the commit the sweep ran on, taken when it started, and the command), then
-      render the README
-  render      rewrite every `<!-- results:NAME:TABLE -->` block of README.md from results/
-  check       exit 1 if README.md's blocks differ from what results/ renders
+      copy a finished comparison sweep into results/NAME/ (runs.csv.gz, jobs.csv, provenance.json with the
+      commit the sweep ran on, taken when it started, the command and the machine), then render
+  render      rewrite every `<!-- results:NAME:TABLE -->` block of README.md and docs/*.md from results/,
+              and redraw each result's comparison_forest.png
+  check       exit 1 if a page's blocks differ from what results/ renders
 
 `make robustness` runs the digits comparison and records it; tests/robustness/test_results.py holds the
-README to the files and reruns each result's sentinel job.
+pages to the files and reruns each result's sentinel job.
 """
 
 from __future__ import annotations
@@ -18,14 +23,23 @@ import sys
 from pathlib import Path
 
 from dpn_lab.errors import ConfigError
-from dpn_lab.robustness.results import record, render_readme
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def pages(root: Path) -> list[Path]:
+    """The pages that hold results blocks: README.md and docs/*.md."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpn_lab.results", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="action", required=True)
+    comparing = commands.add_parser("compare")
+    comparing.add_argument("sweep_dir", type=Path)
+    comparing.add_argument("--by", required=True, help="the override that tells the compared models apart")
+    comparing.add_argument("--reference", action="append", required=True)
+    comparing.add_argument("--treatment", action="append", default=None)
     recording = commands.add_parser("record")
     recording.add_argument("name")
     recording.add_argument("sweep_dir", type=Path)
@@ -36,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("render")
     commands.add_parser("check")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
+    from dpn_lab.robustness.results import draw_figures, record, render_text
+
     try:
+        if args.action == "compare":
+            from dpn_lab.robustness.compare import compare_sweep
+
+            compare_sweep(args.sweep_dir, args.by, tuple(args.reference), args.treatment)
+            print((args.sweep_dir / "comparison.md").read_text())
+            return 0
         if args.action == "record":
             tree = (
                 (args.commit.removesuffix("+dirty"), args.commit.endswith("+dirty")) if args.commit else None
@@ -45,20 +66,29 @@ def main(argv: list[str] | None = None) -> int:
             record(
                 args.sweep_dir, ROOT / "results" / args.name, args.command, args.sentinel, args.seconds, tree
             )
-        text = readme.read_text()
-        rendered = render_readme(text, ROOT / "results")
+        texts = {page: page.read_text() for page in pages(ROOT)}
+        rendered = {
+            page: render_text(text, ROOT / "results", "../" if page.parent.name == "docs" else "")
+            for page, text in texts.items()
+        }
     except (ConfigError, OSError) as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"error: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     if args.action == "check":
-        if rendered != text:
+        stale = [page.relative_to(ROOT) for page in texts if rendered[page] != texts[page]]
+        if stale:
             print(
-                "error: README.md's results blocks differ from results/: run python -m dpn_lab.results render",
+                f"error: the results blocks of {', '.join(map(str, stale))} differ from results/: run "
+                "python -m dpn_lab.results render",
                 file=sys.stderr,
             )
             return 1
         return 0
-    readme.write_text(rendered)
+    for page, text in rendered.items():
+        page.write_text(text)
+    if args.action == "render":
+        for result in sorted(p.parent for p in (ROOT / "results").glob("*/runs.csv.gz")):
+            draw_figures(result)
     return 0
 
 

@@ -1,11 +1,11 @@
-"""RobustnessComparison: one table and one plot for a sweep, mean +- std over seeds, with sklearn baselines.
+"""The comparison of a sweep: per-seed numbers in long form, paired intervals, verdicts and figures.
 
-A Hydra callback for the robustness experiments. Each job of the sweep has written robustness.csv and
-robustness.json (its data config and a digest of its test indices), and adversarial.csv and ood.csv when it
-ran attacks and OOD sets. At the end of the sweep, jobs that differ only in `seed` are grouped into one model;
-the calibration baselines (logistic regression, RBF SVC) are fitted on each job's exact training split and
-evaluated on the same test indices and the same corrupted copies. Corruption and attack rows are keyed by
-(corruption, severity) in comparison.csv; OOD rows by (ood_set, score) in ood_comparison.csv.
+The RobustnessComparison Hydra callback (the robustness experiments) and `python -m dpn_lab.results compare`
+(any sweep) call `compare_sweep`. Each job has written result.json and, when it ran evaluations,
+robustness.json (its rows, data config and test-index digest), adversarial.csv, ood.csv and test_steps.csv.
+The calibration baselines (logistic regression, RBF SVC) are fitted on each job's exact training split and
+evaluated on the same test indices and corrupted copies. Jobs are grouped by one key (`by`, e.g. variant):
+each other value of it (the treatments) is compared seed by seed with the reference value(s) of the key.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
-import re
-import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -29,65 +26,17 @@ from sklearn.svm import SVC
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.attacks import ATTACKS
-from dpn_lab.robustness.evaluate import index_digest, robustness_rows, write_rows
-from dpn_lab.runs.result import read_result
-from dpn_lab.runs.sweep_summary import split_overrides
-from dpn_lab.viz.plots import accuracy_plot, save_figure
+from dpn_lab.robustness.evaluate import index_digest, robustness_rows
+from dpn_lab.robustness.long_form import runs_frame, write_runs
+from dpn_lab.robustness.paired import corrected, paired_differences
+from dpn_lab.robustness.verdicts import verdict_markdown, verdict_table
+from dpn_lab.viz.plots import accuracy_plot, forest_plot, save_figure
 
 log = logging.getLogger(__name__)
 BASELINES = {
     "logistic regression": lambda: LogisticRegression(max_iter=3000, C=1.0),
     "RBF SVC": lambda: SVC(kernel="rbf", C=10.0, gamma="scale"),
 }
-METRICS = ("accuracy", "auroc_potential", "auroc_msp", "acc90_potential", "acc90_msp", "ece", "nll", "brier")
-DIFFERENCES = ("accuracy", "auroc_potential", "acc90_potential", "ece", "nll")  # DPN minus its references
-LEVEL = ("corruption", "severity")  # what a corruption or attack row is keyed by
-OOD_LEVEL, OOD_METRICS = ("ood_set", "score"), ("auroc", "fpr95")
-COMPARISON_COLUMNS = (
-    "model",
-    *LEVEL,
-    *(column for metric in METRICS for column in (metric, f"{metric}_std")),
-    "n_seeds",
-    "test_sets",
-    "check",
-)
-OOD_COMPARISON_COLUMNS = (
-    "model",
-    *OOD_LEVEL,
-    *(column for metric in OOD_METRICS for column in (metric, f"{metric}_std")),
-    "n_seeds",
-    "test_sets",
-)
-
-
-def model_label(own_overrides: list[str]) -> str:
-    """A job's model: the overrides that set it apart in the sweep, without the seed (n_steps=0 is called
-    out as the ablation)."""
-    own = [o for o in own_overrides if not o.startswith(("seed=", "data.split_seed="))]
-    label = " ".join(own) or "DPN"
-    return label + (" (no refinement)" if "model.n_steps=0" in own else "")
-
-
-def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(corruption and attack rows of every successful job, tagged with model and test digest; each job's
-    metadata)."""
-    rows, jobs, finished = [], [], []
-    for job_dir in sorted(
-        (d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)
-    ):
-        result, meta_path = read_result(job_dir), job_dir / "robustness.json"
-        if result and result["status"] == "ok" and meta_path.is_file():
-            finished.append((result, {**json.loads(meta_path.read_text()), "path": str(meta_path)}))
-    _, own = split_overrides([result["overrides"] for result, _ in finished])
-    for (_, meta), own_overrides in zip(finished, own, strict=True):
-        meta["label"] = model_label(own_overrides)
-        jobs.append(meta)
-        rows += [
-            {**row, "model": meta["label"], "test_set": meta["test_index_digest"]} for row in meta["rows"]
-        ]
-        tagged = {"model": meta["label"], "test_set": meta["test_index_digest"]}
-        rows += [{**row, **tagged} for row in attack_rows(Path(meta["path"]).parent / "adversarial.csv")]
-    return rows, jobs
 
 
 def attack_rows(path: Path) -> list[dict[str, Any]]:
@@ -106,20 +55,6 @@ def attack_rows(path: Path) -> list[dict[str, Any]]:
         if row["check"]:
             found["check"] = "; ".join(c for c in (found["check"], row["check"]) if c)
     return list(best.values())
-
-
-def ood_job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every job's ood.csv rows, tagged with its model and test digest."""
-    rows = []
-    for meta in jobs:
-        path = Path(meta["path"]).parent / "ood.csv"
-        if path.is_file():
-            tagged = {"model": meta["label"], "test_set": meta["test_index_digest"]}
-            rows += [
-                {**row, **{m: float(row[m]) for m in OOD_METRICS}, **tagged}
-                for row in csv.DictReader(path.open())
-            ]
-    return rows
 
 
 def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -149,157 +84,186 @@ def baseline_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def aggregate(
-    rows: list[dict[str, Any]], keys: tuple[str, ...] = LEVEL, metrics: tuple[str, ...] = METRICS
-) -> list[dict[str, Any]]:
-    """Mean and sample std over seeds of every `metrics` column per (model, *keys), in first-seen order
-    (NaN where a model does not define the metric)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["model"], *(row[k] for k in keys))].append(row)
-    out = []
-    for (model, *level), members in groups.items():
-        row = {"model": model, **dict(zip(keys, level, strict=True)), "n_seeds": len(members)}
-        for metric in metrics:
-            values = [float(m.get(metric, math.nan)) for m in members]
-            defined = not any(math.isnan(v) for v in values)  # statistics' exact arithmetic rejects NaN
-            row[metric] = statistics.fmean(values) if defined else math.nan
-            row[f"{metric}_std"] = (
-                (statistics.stdev(values) if len(values) > 1 else 0.0) if defined else math.nan
-            )
-        row["test_sets"] = " ".join(sorted({m["test_set"] for m in members}))
-        marked = [m["check"] for m in members if m.get("check")]
-        row["check"] = f"{len(marked)} of {len(members)} seeds: {marked[0]}" if marked else ""
-        out.append(row)
-    return out
+def comparisons_of(
+    frame: pd.DataFrame,
+    references: list[str],
+    treatments: list[str] | None = None,
+    only_present: bool = False,
+) -> list[tuple[str, str]]:
+    """(treatment, reference) pairs: each treatment (default: every value of the grouping key that is not a
+    reference) against each reference. A named value that no job has is a ConfigError, or, with
+    `only_present` (a sweep's callback, whose experiment may be cut down on the command line), skipped."""
+    values = list(dict.fromkeys(frame.loc[frame["job"].notna(), "variant"]))
+    absent = [name for name in [*references, *(treatments or [])] if name not in values]
+    if absent and not only_present:
+        raise ConfigError(
+            f"no job has the value {absent[0]!r} of the grouping key; its values: {', '.join(values)}"
+        )
+    references = [r for r in references if r in values]
+    treatments = (
+        [t for t in treatments if t in values] if treatments else [v for v in values if v not in references]
+    )
+    return [(t, r) for t in treatments for r in references if t != r]
 
 
-def pivot_markdown(summary: list[dict[str, Any]]) -> str:
-    """Rows: corruption and severity; columns: models; cells: mean +- std of test accuracy."""
-    models = list(dict.fromkeys(r["model"] for r in summary))
-    cells = {(r["corruption"], r["severity"], r["model"]): r for r in summary}
-    levels = list(dict.fromkeys((r["corruption"], r["severity"]) for r in summary))
-    lines = ["| corruption | severity | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
-    for kind, severity in levels:
-        values = []
-        for model in models:
-            r = cells.get((kind, severity, model))
-            values.append(f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if r else "")
-        lines.append(f"| {kind} | {severity:g} | " + " | ".join(values) + " |")
-    n = max(r["n_seeds"] for r in summary)
+def paired_levels(frame: pd.DataFrame, comparisons: list[tuple[str, str]]) -> pd.DataFrame:
+    """Every (recipe, axis, kind, level, metric) of every comparison, with its paired statistics and p_bh,
+    the Benjamini-Hochberg adjusted p within its table (one axis and metric: a rendered per-level table)."""
+    parts = [paired_differences(frame, t, r) for t, r in comparisons]
+    table = pd.concat(parts, ignore_index=True)
+    table["p_bh"] = table.groupby(["axis", "metric"])["p"].transform(lambda p: corrected(p, "bh"))
+    return table
+
+
+def model_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and number of seeds per model (recipe and variant) and level: a view for plots and
+    reading, derived from the per-seed rows."""
+    keys = ["recipe", "variant", "axis", "kind", "level", "metric"]
+    values = frame[~frame["metric"].str.startswith("check")]
     return (
-        "\n".join(lines)
-        + f"\n\nTest accuracy, mean ± sample std over {n} seeds (training seed and data split).\n"
+        values.groupby(keys, sort=False)["value"].agg(mean="mean", std="std", n_seeds="count").reset_index()
     )
 
 
-REFERENCES = ("ablation", "control")  # what a DPN is compared against
+def level_markdown(
+    frame: pd.DataFrame, paired: pd.DataFrame, axis: str, metric: str, baselines: bool = False
+) -> str:
+    """Rows: the levels of one axis (the clean level once); per recipe and treatment: its mean ± std, then
+    its paired difference from each reference, * where the Benjamini-Hochberg adjusted p < 0.05 within this
+    table, [a]/[b]/[c] where a seed's attack row failed that masking check; the baselines' columns last."""
+    rows = frame[(frame["axis"] == axis)]
+    summary = model_summary(rows[rows["metric"] == metric])
+    mine = paired[(paired["axis"] == axis) & (paired["metric"] == metric)]
+    checks = rows[rows["metric"].str.startswith("check")].groupby(["recipe", "variant", "kind", "level"])[
+        "metric"
+    ]
+    marks = checks.agg(lambda m: "".join(sorted(x[-2] for x in set(m)))).to_dict()
+    levels = list(dict.fromkeys(zip(summary["kind"], summary["level"], strict=True)))
+    if axis == "corruption":  # the clean level is the same images for every kind: once
+        levels = [(k, lv) for k, lv in levels if lv != "0"]
+        clean = summary[summary["level"] == "0"]["kind"]
+        levels = ([(clean.iloc[0], "0")] if len(clean) else []) + levels
+    cells = summary.set_index(["recipe", "variant", "kind", "level"])
+    groups = list(dict.fromkeys(zip(mine["recipe"], mine["treatment"], strict=True)))
+    references = {
+        g: list(dict.fromkeys(mine[(mine["recipe"] == g[0]) & (mine["treatment"] == g[1])]["reference"]))
+        for g in groups
+    }
+    differences = mine.set_index(["recipe", "treatment", "reference", "kind", "level"])
+    others = [v for v in dict.fromkeys(summary.loc[summary["recipe"] == "", "variant"])] if baselines else []
 
-
-def reference_of(label: str, reference: str) -> str | None:
-    """The label of a DPN's matched `reference` (ablation or control): the same overrides with
-    variant=ablation / variant=control, or, in sweeps over model.n_steps, the ablation with n_steps=0.
-    None for a label that is itself a reference or names no DPN."""
-    if "variant=dpn" in label.split():
-        return label.replace("variant=dpn", f"variant={reference}")
-    match = re.search(r"model\.n_steps=(\d+)", label)
-    if reference != "ablation" or not match or match.group(1) == "0":
-        return None
-    return model_label(label.replace(match.group(0), "model.n_steps=0").split())
-
-
-def against(
-    summary: list[dict[str, Any]],
-    reference: str = "ablation",
-    keys: tuple[str, ...] = LEVEL,
-    metrics: tuple[str, ...] = DIFFERENCES,
-) -> list[dict[str, Any]]:
-    """For each DPN and level (`keys`): DPN minus its matched reference (the ablation or the control) for
-    each of `metrics`, and whether the difference exceeds 2x the larger of the two standard deviations
-    (`significant`)."""
-    cells = {(r["model"], *(r[k] for k in keys)): r for r in summary}
-    out = []
-    for r in summary:
-        matched = reference_of(r["model"], reference)
-        base = cells.get((matched, *(r[k] for k in keys))) if matched else None
-        if base is None:
-            continue
-        row = {"model": r["model"], **{k: r[k] for k in keys}}
-        for metric in metrics:
-            difference = r.get(metric, math.nan) - base.get(metric, math.nan)
-            row[f"{metric}_diff"] = difference
-            row[f"{metric}_significant"] = abs(difference) > 2 * max(
-                r.get(f"{metric}_std", math.nan), base.get(f"{metric}_std", math.nan)
-            )
-        out.append(row)
-    return out
-
-
-def ablation_markdown(differences: list[dict[str, Any]]) -> str:
-    """DPN minus ablation per level; * marks a difference larger than 2 std (the larger of the two)."""
-
-    def cell(row: dict, metric: str) -> str:
-        value = row[f"{metric}_diff"]
-        if value != value:
+    def number(recipe: str, variant: str, kind: str, level: str) -> str:
+        key = (recipe, variant, kind, level)
+        if key not in cells.index:
             return "–"
-        return f"{value:+.3f}" + ("*" if row[f"{metric}_significant"] else "")
+        row = cells.loc[key]
+        mark = marks.get(key, "")
+        return f"{row['mean']:.3f} ± {row['std']:.3f}" + (f" [{mark}]" if mark else "")
 
-    lines = [
-        "| model | corruption | severity | accuracy | AUROC of -phi(x_0) | accuracy at 90% coverage (phi) |",
-        "|---|---|---|---|---|---|",
+    def difference(key: tuple) -> str:
+        if key not in differences.index:
+            return "–"
+        d = differences.loc[key]
+        return f"{d['diff']:+.3f}" + ("*" if d["p_bh"] < 0.05 else "")
+
+    header = [
+        f"{'clean / ' if axis == 'corruption' else ''}{'kind' if axis != 'ood' else 'OOD set'}",
+        "severity" if axis != "ood" else "score",
     ]
-    lines += [
-        f"| {r['model']} | {r['corruption']} | {r['severity']:g} | {cell(r, 'accuracy')} | "
-        f"{cell(r, 'auroc_potential')} | {cell(r, 'acc90_potential')} |"
-        for r in differences
-    ]
-    marked = sum(
-        r[f"{m}_significant"] for r in differences for m in ("accuracy", "auroc_potential", "acc90_potential")
-    )
-    return (
-        "\n".join(lines)
-        + f"\n\nDPN minus its matched ablation (model.n_steps=0), mean over seeds; * = |difference| > 2 std "
-        f"(the larger of the two). {marked} marked difference(s).\n"
+    for recipe, treatment in groups:
+        header.append(f"{recipe or treatment}: {treatment}")
+        header += [f"− {ref}" for ref in references[(recipe, treatment)]]
+    header += others
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for kind, level in levels:
+        values = [("clean" if level == "0" and axis == "corruption" else kind or metric), level]
+        for recipe, treatment in groups:
+            values.append(number(recipe, treatment, kind, level))
+            values += [
+                difference((recipe, treatment, ref, kind, level)) for ref in references[(recipe, treatment)]
+            ]
+        values += [number("", other, kind, level) for other in others]
+        lines.append("| " + " | ".join(values) + " |")
+    n = int(summary["n_seeds"].max()) if len(summary) else 0
+    return "\n".join(lines) + (
+        f"\n\n{metric}: mean ± sample std over {n} seeds; − ref: the mean paired difference (treatment minus "
+        "reference, seed by seed); * where the Benjamini-Hochberg adjusted p of the paired t-test < 0.05 within "
+        f"this table ({len(mine)} comparisons).\n"
     )
 
 
-def compare_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write comparison.csv, comparison.md and comparison.png into the sweep directory."""
-    rows, jobs = job_rows(sweep_dir)
-    if not rows:
-        log.warning(f"no job of {sweep_dir} wrote robustness results: nothing to compare")
-        return []
-    summary = aggregate(rows + baseline_rows(jobs))
-    write_rows(summary, sweep_dir / "comparison.csv", COMPARISON_COLUMNS)
-    differences = against(summary, "ablation")
-    for reference in REFERENCES:
-        found = against(summary, reference)
-        write_rows(found, sweep_dir / f"comparison_vs_{reference}.csv", list(found[0]) if found else [])
-    (sweep_dir / "comparison.md").write_text(
-        pivot_markdown(summary) + ("\n" + ablation_markdown(differences) if differences else "")
+def compare_sweep(
+    sweep_dir: Path,
+    by: str = "variant",
+    references: tuple[str, ...] = ("ablation",),
+    treatments: tuple[str, ...] | None = None,
+    only_present: bool = False,
+) -> pd.DataFrame:
+    """Write into the sweep directory: runs.csv (long form), comparison.csv (mean ± std per model),
+    paired.csv (every paired difference), comparison.md (the verdicts where the sweep measured the
+    endpoints, then the per-level accuracy table), comparison_forest.png and comparison.png. Returns
+    the long-form frame. ConfigError (nothing written) for what cannot be paired."""
+    frame = runs_frame(sweep_dir, by)
+    comparisons = comparisons_of(
+        frame, list(references), list(treatments) if treatments else None, only_present
     )
-    ood = aggregate(ood_job_rows(jobs), OOD_LEVEL, OOD_METRICS)
-    if ood:
-        write_rows(ood, sweep_dir / "ood_comparison.csv", OOD_COMPARISON_COLUMNS)
-        for reference in REFERENCES:
-            found = against(ood, reference, OOD_LEVEL, OOD_METRICS)
-            write_rows(found, sweep_dir / f"ood_vs_{reference}.csv", list(found[0]) if found else [])
-    curves = defaultdict(list)
-    for row in summary:
-        curves[row["model"]].append(row)
-    units = {kind: f"eps ({spec.norm})" for kind, spec in ATTACKS.items()}
-    units.update({f"{kind} masking check": f"eps ({spec.norm})" for kind, spec in ATTACKS.items()})
-    figure = accuracy_plot(curves, "Accuracy under corruption and attack (mean ± std over seeds)", units)
-    save_figure(figure, sweep_dir / "comparison.png")
-    log.info(f"robustness comparison: {sweep_dir / 'comparison.md'}")
-    return summary
+    paired = paired_levels(frame, comparisons)
+    verdicts = verdict_table(frame, comparisons)
+    write_runs(frame, sweep_dir / "runs.csv")
+    model_summary(frame).to_csv(sweep_dir / "comparison.csv", index=False)
+    paired.to_csv(sweep_dir / "paired.csv", index=False)
+    sections = []
+    if len(verdicts):
+        sections.append("## Verdicts (primary endpoints)\n\n" + verdict_markdown(verdicts))
+        save_figure(
+            forest_plot(verdicts, f"{sweep_dir.name}: paired 95% intervals"),
+            sweep_dir / "comparison_forest.png",
+        )
+    for axis, metric in (
+        ("corruption", "accuracy"),
+        ("attack", "accuracy"),
+        ("ood", "auroc"),
+        ("test", "test/acc"),
+    ):
+        if ((paired["axis"] == axis) & (paired["metric"] == metric)).any():
+            table = level_markdown(frame, paired, axis, metric, baselines=axis == "corruption")
+            sections.append(f"## {axis}: {metric}\n\n" + table)
+    (sweep_dir / "comparison.md").write_text("\n".join(sections))
+    curves = model_summary(
+        frame[frame["axis"].isin(["corruption", "attack"]) & (frame["metric"] == "accuracy")]
+    )
+    if len(curves):
+        plotted = {
+            f"{recipe} {variant}".strip(): [
+                {"corruption": r.kind, "severity": float(r.level), "accuracy": r.mean, "accuracy_std": r.std}
+                for r in rows.itertuples()
+            ]
+            for (recipe, variant), rows in curves.groupby(["recipe", "variant"], sort=False)
+        }
+        units = {kind: f"eps ({spec.norm})" for kind, spec in ATTACKS.items()}
+        units.update({f"{kind} masking check": f"eps ({spec.norm})" for kind, spec in ATTACKS.items()})
+        figure = accuracy_plot(plotted, "Accuracy under corruption and attack (mean ± std over seeds)", units)
+        save_figure(figure, sweep_dir / "comparison.png")
+    log.info(f"comparison: {sweep_dir / 'comparison.md'}")
+    return frame
 
 
 class RobustnessComparison(Callback):
+    """At the end of a sweep, compare_sweep grouped by `by`, each other value against `references`."""
+
+    def __init__(
+        self,
+        by: str = "variant",
+        references: list[str] | tuple[str, ...] = ("ablation",),
+        treatments: list[str] | None = None,
+    ) -> None:
+        self.by, self.references = by, tuple(str(r) for r in references)
+        self.treatments = tuple(str(t) for t in treatments) if treatments else None
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             try:
-                compare_sweep(sweep_dir)
+                compare_sweep(sweep_dir, self.by, self.references, self.treatments, only_present=True)
             except ConfigError as error:  # e.g. a robustness.json that names foreign data: refused, said once
                 log.error(f"error: no comparison for {sweep_dir}: {' '.join(str(error).split())}")

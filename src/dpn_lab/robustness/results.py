@@ -1,60 +1,56 @@
-"""Committed results: what a comparison sweep measured, kept under results/<name>/ with the commit and the
-command that made it, and the README's results tables rendered from those files (never typed in).
+"""Committed results: what a comparison sweep measured, kept under results/<name>/ with the commit, the
+command and the machine that made it, and the tables and figures rendered from those files (never typed in).
 
 results/<name>/ holds
-  comparison.csv    the sweep's comparison.csv (mean and std over seeds per model and corruption level);
-  jobs.csv          one row per job: its overrides, status, test accuracy and number of test images;
-  test_steps.csv    accuracy against the refinement steps used at test time (when the sweep dir has any);
-  ood_comparison.csv  the sweep's OOD AUROC and FPR95 per model, OOD set and score (when its jobs ran any);
-  provenance.json   command, commit (and whether the tree had uncommitted changes), date, machine, torch
-                    version, seconds, and the sentinel job that tests/robustness/test_results.py reruns.
-A README block between `<!-- results:<name>:<table> -->` and `<!-- end results -->` is replaced by
-`render_readme`; a test holds the README to what the files render.
+  runs.csv.gz       every per-job number in long form (dpn_lab.robustness.long_form): the stored truth, the
+                    sweep's runs.csv compressed (digits: 4 MB of text, past the repository's 2 MiB a file;
+                    `pandas.read_csv` and `zcat` read it as it is);
+  jobs.csv          one row per job: its overrides, status, test accuracy and number of test images (the
+                    sentinel test reruns one of them);
+  provenance.json   command, commit (and whether the tree had uncommitted changes), date, seconds, the
+                    processor, the kernel identity (dpn_lab.runs.cpu_kernels) and the sentinel job;
+  comparison_forest.png  drawn from runs.csv by `record` and `render`.
+A block between `<!-- results:<name>:<table> -->` and `<!-- end results -->` in README.md or docs/*.md is
+replaced by `render_text`: verdicts (the primary endpoints, Holm), per-level tables (Benjamini-Hochberg),
+test_steps and provenance, all computed from runs.csv when rendered.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import platform
 import re
-import shutil
-import statistics
 import subprocess
-from collections import defaultdict
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dpn_lab.data.corruption import CORRUPTIONS
+import pandas as pd
+
 from dpn_lab.errors import ConfigError
-from dpn_lab.robustness.compare import (
-    LEVEL,
-    OOD_LEVEL,
-    REFERENCES,
-    against,
-    job_rows,
-    reference_of,
-)
+from dpn_lab.robustness.compare import level_markdown, paired_levels
 from dpn_lab.robustness.evaluate import write_rows
-from dpn_lab.runs.result import read_result
+from dpn_lab.robustness.long_form import finished_jobs, read_runs, runs_frame, write_runs
+from dpn_lab.robustness.verdicts import COMPARISONS, verdict_markdown, verdict_table
+from dpn_lab.runs.cpu_kernels import kernel_identity, processor
+from dpn_lab.viz.plots import forest_plot, save_figure
 
 JOB_COLUMNS = ("job", "overrides", "status", "test_acc", "n_test")
-STEPS_COLUMNS = ("model", "test_steps", "corruption", "severity", "accuracy", "accuracy_std", "n_seeds")
-# README tables: name -> (metric, whether the calibration baselines get columns); `adversarial` is the
-# accuracy table of the attack rows, `ood` the AUROC table of ood_comparison.csv, the others are of the
-# corruption rows; `ood_scores` (see scores_table) and `test_steps` are tables of their own
-TABLES = {
-    "adversarial": ("accuracy", False),
-    "ece": ("ece", False),
-    "nll": ("nll", False),
-    "accuracy": ("accuracy", True),
-    "auroc_potential": ("auroc_potential", False),
-    "auroc_msp": ("auroc_msp", False),
-    "ood": ("auroc", False),
+# per-level tables: block name -> (axis, metric, whether the calibration baselines get columns)
+LEVEL_TABLES = {
+    "accuracy": ("corruption", "accuracy", True),
+    "ece": ("corruption", "ece", False),
+    "nll": ("corruption", "nll", False),
+    "auroc_potential": ("corruption", "auroc_potential", False),
+    "auroc_msp": ("corruption", "auroc_msp", False),
+    "adversarial": ("attack", "accuracy", False),
+    "ood": ("ood", "auroc", False),
 }
-POTENTIAL_SCORES, OTHER_SCORES = ("phi_x0", "phi_xT"), ("msp", "energy", "mahalanobis")
+# headline: the verdicts of the sentinel's recipe (the default model) only, one row per endpoint
+BLOCKS = ("provenance", "headline", "verdicts", "forest", "test_steps", *LEVEL_TABLES)
+FOREST, RUNS = "comparison_forest.png", "runs.csv.gz"
+# gzip without a time stamp: recording the same numbers again writes the same bytes
+COMPRESSION = {"method": "gzip", "mtime": 0}
 BLOCK = re.compile(
     r"(<!-- results:(?P<name>[\w-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.S
 )
@@ -69,20 +65,10 @@ def _git(*args: str, cwd: Path) -> str:
         return ""
 
 
-def _processor() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="ignore").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
 def job_table(sweep_dir: Path) -> list[dict[str, Any]]:
     """jobs.csv's rows: every numbered job directory of the sweep, in job order."""
     rows = []
-    for job_dir in sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
-        result = read_result(job_dir) or {"status": "failed", "overrides": [], "metrics": {}}
+    for job_dir, result in finished_jobs(sweep_dir):
         meta_path = job_dir / "robustness.json"
         n_test = json.loads(meta_path.read_text())["rows"][0]["n"] if meta_path.is_file() else None
         rows.append(
@@ -95,31 +81,6 @@ def job_table(sweep_dir: Path) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def steps_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Accuracy against the steps used at test time (eval.test_steps), mean and std over the seeds of each
-    refining model (an ablation's potential was never fitted: its rows would mean nothing)."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for meta in job_rows(sweep_dir)[1]:
-        path = Path(meta["path"]).parent / "test_steps.csv"
-        if path.is_file() and _is_dpn(meta["label"]):
-            for row in read_rows(path):
-                groups[(meta["label"], row["test_steps"], row["corruption"], row["severity"])].append(
-                    row["accuracy"]
-                )
-    return [
-        {
-            "model": model,
-            "test_steps": int(steps),
-            "corruption": kind,
-            "severity": severity,
-            "accuracy": statistics.fmean(values),
-            "accuracy_std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n_seeds": len(values),
-        }
-        for (model, steps, kind, severity), values in groups.items()
-    ]
 
 
 def tree_state(root: Path) -> tuple[str, bool]:
@@ -137,13 +98,9 @@ def record(
     seconds: float | None,
     tree: tuple[str, bool] | None = None,
 ) -> Path:
-    """Copy a finished comparison sweep into results_dir (see the module docstring); returns results_dir.
-    `tree` is the (commit, uncommitted changes) the sweep ran on, taken when it started (default: now)."""
-    comparison = sweep_dir / "comparison.csv"
-    if not comparison.is_file():
-        raise ConfigError(
-            f"{sweep_dir}: no comparison.csv (is it the directory of a finished comparison sweep?)"
-        )
+    """Copy a finished comparison sweep into results_dir (see the module docstring) and draw its forest
+    plot; returns results_dir. `tree` is the (commit, uncommitted changes) the sweep ran on, taken when it
+    started (default: now). Nothing is written when the sweep is incomplete or the sentinel is ambiguous."""
     jobs = job_table(sweep_dir)
     failed = [j["job"] for j in jobs if j["status"] != "ok"]
     if failed:
@@ -155,167 +112,60 @@ def record(
         raise ConfigError(
             f"sentinel {sentinel!r} matches {len(matches)} jobs of {sweep_dir}; name exactly one"
         )
+    frame = runs_frame(sweep_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(comparison, results_dir / "comparison.csv")
+    write_runs(frame, results_dir / RUNS, compression=COMPRESSION)
     write_rows(jobs, results_dir / "jobs.csv", JOB_COLUMNS)
-    steps = steps_summary(sweep_dir)
-    if steps:
-        write_rows(steps, results_dir / "test_steps.csv", STEPS_COLUMNS)
-    if (sweep_dir / "ood_comparison.csv").is_file():
-        shutil.copyfile(sweep_dir / "ood_comparison.csv", results_dir / "ood_comparison.csv")
-    root = Path(__file__).resolve().parents[3]
-    import torch  # only for its version: the record says what computed the numbers
-
-    commit, dirty = tree or tree_state(root)
+    commit, dirty = tree or tree_state(Path(__file__).resolve().parents[3])
     provenance = {
         "command": command,
         "commit": commit,
         "uncommitted_changes": dirty,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{_processor()}, {os.cpu_count()} cores, {platform.system()}",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
         "seconds": seconds,
+        "processor": processor(),
+        "kernels": kernel_identity(),
         "sweep": str(sweep_dir),
         "sentinel": sentinel,
     }
     (results_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    draw_figures(results_dir)
     return results_dir
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """A results CSV with its numbers as floats (empty and NaN cells as NaN)."""
-
-    def value(text: str) -> Any:
-        try:
-            return float(text) if text else float("nan")
-        except ValueError:
-            return text
-
-    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(path.open())]
+@cache
+def analysis(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs.csv, its per-level paired differences, its verdict table) of a committed result: the DPN
+    against its ablation and its control (verdicts.COMPARISONS). Cached: one render reads each once."""
+    frame = read_runs(results_dir / RUNS)
+    present = set(frame["variant"])
+    comparisons = [(t, r) for t, r in COMPARISONS if {t, r} <= present]
+    return frame, paired_levels(frame, comparisons), verdict_table(frame, comparisons)
 
 
-def _recipe(label: str) -> str:
-    """A DPN's label without what makes it the DPN (its variant or its number of steps); "DPN" where that
-    is all the label says (a sweep of one recipe)."""
-    own = label.removesuffix(" (no refinement)").split()
-    recipe = " ".join(o for o in own if not o.startswith(("model.n_steps=", "variant=")))
-    return recipe.removeprefix("recipe=") or "DPN"
+def draw_figures(results_dir: Path) -> None:
+    """comparison_forest.png of a committed result, from its runs.csv."""
+    verdicts = analysis(results_dir)[2]
+    save_figure(
+        forest_plot(verdicts, f"{results_dir.name}: DPN − reference, paired 95% intervals"),
+        results_dir / FOREST,
+    )
 
 
-def _is_dpn(label: str) -> bool:
-    return reference_of(label, "ablation") is not None
-
-
-def _level(values: tuple) -> str:
-    return " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def recipe_table(
-    summary: list[dict[str, Any]], metric: str, baselines: bool, keys: tuple[str, ...] = LEVEL
-) -> str:
-    """Rows: corruption level (or attack radius, or OOD set and score: `keys`); a column per recipe holding
-    its references (the ablation, and the control where the sweep has one), the DPN, and the DPN minus each
-    reference (* when larger than 2 std of either); the calibration baselines' columns when `baselines`."""
-    cells = {(r["model"], *(r[k] for k in keys)): r for r in summary}
-    labels = list(dict.fromkeys(r["model"] for r in summary))
-    differences = {
-        (reference, d["model"], *(d[k] for k in keys)): d
-        for reference in REFERENCES
-        for d in against(summary, reference, keys, (metric,))
-    }
-    dpns = [m for m in labels if _is_dpn(m)]
-    matched = {dpn: [r for r in REFERENCES if reference_of(dpn, r) in labels] for dpn in dpns}
-    references = {reference_of(dpn, r) for dpn in dpns for r in matched[dpn]}
-    others = [m for m in labels if m not in dpns and m not in references]
-    levels = list(dict.fromkeys(tuple(r[k] for k in keys) for r in summary))
-    if metric.startswith(
-        "auroc_"
-    ):  # a separation score of corrupted from clean is undefined on the clean set
-        levels = [level for level in levels if level[1] != 0]
-
-    def number(row: dict | None) -> str:
-        if row is None or row[metric] != row[metric]:
-            return "–"
-        marks = "".join(sorted(set(re.findall(r"\(([abc])\)", str(row.get("check") or "")))))
-        return f"{row[metric]:.3f} ± {row[f'{metric}_std']:.3f}" + (f" [{marks}]" if marks else "")
-
-    def difference(reference: str, dpn: str, level: tuple) -> str:
-        d = differences.get((reference, dpn, *level))
-        value = d.get(f"{metric}_diff") if d else None
-        if value is None or value != value:
-            return "–"
-        return f"{value:+.3f}" + ("*" if d.get(f"{metric}_significant") else "")
-
-    header = [
-        f"({chr(97 + i)}) {_recipe(dpn)}: "
-        + " / ".join([*matched[dpn], "DPN", *(f"DPN-{r}" for r in matched[dpn])])
-        for i, dpn in enumerate(dpns)
-    ]
-    header += others if baselines else []
-    names = {"ood_set": "OOD set"}
-    lines = [f"| {' | '.join(names.get(k, k) for k in keys)} | " + " | ".join(header) + " |"]
-    lines.append("|" + "---|" * (len(keys) + len(header)))
-    for level in levels:
-        values = []
-        for dpn in dpns:
-            numbers = [number(cells.get((reference_of(dpn, r), *level))) for r in matched[dpn]]
-            numbers.append(number(cells.get((dpn, *level))))
-            numbers += [difference(r, dpn, level) for r in matched[dpn]]
-            values.append(" / ".join(numbers))
-        if baselines:
-            values += [number(cells.get((m, *level))) for m in others]
-        lines.append(f"| {_level(level)} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def scores_table(summary: list[dict[str, Any]]) -> str:
-    """Rows: OOD set; a column per DPN (the references' potentials are never trained: an ablation's and a
-    control's stay at their k-means start): the AUROC of -phi(x_0) and -phi(x_T), then the best of MSP,
-    energy and Mahalanobis, named. A potential score is
-    marked + when it beats that best by more than 2 std (the larger of the two), - when it loses by that."""
-    cells = {(r["model"], r["ood_set"], r["score"]): r for r in summary}
-    models = [m for m in dict.fromkeys(r["model"] for r in summary) if _is_dpn(m)]
-    sets = list(dict.fromkeys(r["ood_set"] for r in summary))
-
-    def cell(model: str, ood_set: str) -> str:
-        others = [cells[(model, ood_set, s)] for s in OTHER_SCORES if (model, ood_set, s) in cells]
-        best = max(others, key=lambda r: r["auroc"])
-        parts = []
-        for score in POTENTIAL_SCORES:
-            r = cells[(model, ood_set, score)]
-            margin = 2 * max(r["auroc_std"], best["auroc_std"])
-            mark = (
-                "+"
-                if r["auroc"] - best["auroc"] > margin
-                else "-"
-                if best["auroc"] - r["auroc"] > margin
-                else ""
-            )
-            parts.append(f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}{mark}")
-        return " / ".join([*parts, f"{best['score']} {best['auroc']:.3f} ± {best['auroc_std']:.3f}"])
-
-    header = [
-        f"({chr(97 + i)}) {_recipe(m)}: -phi(x_0) / -phi(x_T) / best other" for i, m in enumerate(models)
-    ]
-    lines = ["| OOD set | " + " | ".join(header) + " |", "|---|" + "---|" * len(models)]
-    lines += [f"| {s} | " + " | ".join(cell(m, s) for m in models) + " |" for s in sets]
-    return "\n".join(lines) + "\n"
-
-
-def steps_table(rows: list[dict[str, Any]], kind: str = "gaussian") -> str:
-    """Rows: (recipe, severity of `kind`); columns: the number of steps T at test; mean ± std over seeds."""
-    rows = [r for r in rows if r["corruption"] == kind]
-    steps = sorted({int(r["test_steps"]) for r in rows})
-    cells = {(r["model"], r["severity"], int(r["test_steps"])): r for r in rows}
-    levels = list(dict.fromkeys((r["model"], r["severity"]) for r in rows))
+def steps_table(frame: pd.DataFrame, kind: str = "gaussian") -> str:
+    """Rows: (recipe, severity of `kind`); columns: the number of steps T at test; the DPN's mean ± std over
+    seeds (the references have no trained potential: their rows would mean nothing)."""
+    rows = frame[(frame["axis"] == "test_steps") & (frame["kind"] == kind) & (frame["variant"] == "dpn")]
+    rows = rows.assign(steps=rows["metric"].str.removeprefix("accuracy at T=").astype(int))
+    table = rows.groupby(["recipe", "level", "steps"], sort=False)["value"].agg(["mean", "std"]).reset_index()
+    steps = sorted(table["steps"].unique())
     lines = [f"| recipe (the DPN) | {kind} | " + " | ".join(f"T={t}" for t in steps) + " |"]
     lines.append("|---|---|" + "---|" * len(steps))
-    for model, severity in levels:
-        values = [cells[(model, severity, t)] for t in steps]
+    for (recipe, level), cells in table.groupby(["recipe", "level"], sort=False):
+        by_steps = cells.set_index("steps")
         lines.append(
-            f"| {_recipe(model)} | {severity:g} | "
-            + " | ".join(f"{v['accuracy']:.3f} ± {v['accuracy_std']:.3f}" for v in values)
+            f"| {recipe} | {level} | "
+            + " | ".join(f"{by_steps.loc[t, 'mean']:.3f} ± {by_steps.loc[t, 'std']:.3f}" for t in steps)
             + " |"
         )
     return "\n".join(lines) + "\n"
@@ -325,40 +175,77 @@ def provenance_line(results_dir: Path) -> str:
     p = json.loads((results_dir / "provenance.json").read_text())
     dirty = " plus uncommitted changes" if p["uncommitted_changes"] else ""
     took = f", {p['seconds'] / 60:.0f} min" if p.get("seconds") else ""
+    cpu, kernels = p["processor"], p["kernels"]
     return (
-        f"Measured by `{p['command']}` on commit {p['commit'][:7]}{dirty}, {p['date'][:10]} ({p['machine']}, "
-        f"torch {p['torch']}, {p['torch_threads']} threads{took}); files: `results/{results_dir.name}/`.\n"
+        f"Measured by `{p['command']}` on commit {p['commit'][:7]}{dirty}, {p['date'][:10]}{took}: "
+        f"{cpu['model_name']} (family/model/stepping {cpu['family_model_stepping']}, {cpu['cores']} cores), "
+        f"torch {kernels['torch']}, {kernels['torch_threads']} threads, kernels {kernels['aten_cpu_capability']} "
+        f"(MKL {kernels['mkl']} CBWR={kernels['mkl_cbwr']}, oneDNN {kernels['onednn']} max ISA "
+        f"{kernels['onednn_max_cpu_isa']}); files: `results/{results_dir.name}/`.\n"
     )
 
 
-def render(results_dir: Path, table: str) -> str:
-    """The markdown of one README block of a committed result."""
+def render(results_dir: Path, table: str, link_prefix: str = "") -> str:
+    """The markdown of one block of a committed result; `link_prefix` leads from the page to results/."""
+    if table not in BLOCKS:
+        raise ConfigError(f"results block {table!r}: no such table; the tables: {', '.join(BLOCKS)}")
     if table == "provenance":
         return provenance_line(results_dir)
-    if table == "test_steps":
-        return steps_table(read_rows(results_dir / "test_steps.csv"))
-    if table == "ood_scores":
-        return scores_table(read_rows(results_dir / "ood_comparison.csv"))
-    if table not in TABLES:
-        raise ConfigError(
-            f"README block {table!r}: no such table; the tables: provenance, test_steps, ood_scores, "
-            f"{', '.join(TABLES)}"
+    frame, paired, verdicts = analysis(results_dir)
+    if table == "verdicts":
+        return verdict_markdown(verdicts)
+    if table == "headline":
+        sentinel = dict(
+            o.split("=", 1)
+            for o in json.loads((results_dir / "provenance.json").read_text())["sentinel"].split()
         )
-    metric, baselines = TABLES[table]
-    if table == "ood":
-        return recipe_table(read_rows(results_dir / "ood_comparison.csv"), metric, baselines, OOD_LEVEL)
-    rows = read_rows(results_dir / "comparison.csv")
-    attacks = table == "adversarial"
-    return recipe_table(
-        [r for r in rows if (r["corruption"] not in CORRUPTIONS) == attacks], metric, baselines
-    )
+        return verdict_markdown(verdicts[verdicts["recipe"] == sentinel.get("recipe", "")])
+    if table == "forest":
+        return f"![{results_dir.name}: paired intervals]({link_prefix}results/{results_dir.name}/{FOREST})\n"
+    if table == "test_steps":
+        return steps_table(frame)
+    axis, metric, baselines = LEVEL_TABLES[table]
+    return level_markdown(frame, paired, axis, metric, baselines)
 
 
-def render_readme(text: str, results_root: Path) -> str:
+def render_text(text: str, results_root: Path, link_prefix: str = "") -> str:
     """`text` with every results block re-rendered from results_root/<name>/."""
 
     def block(match: re.Match) -> str:
-        body = render(results_root / match["name"], match["table"])
+        body = render(results_root / match["name"], match["table"], link_prefix)
         return f"{match.group(1)}{body}{match.group(5)}"
 
     return BLOCK.sub(block, text)
+
+
+def sentinel_tolerance(results_dir: Path, identity: dict[str, Any]) -> tuple[float, str]:
+    """How far the rerun sentinel's test accuracy may be from the recorded one, and why: one test image where
+    this machine's kernel identity (dpn_lab.runs.cpu_kernels) is the recording machine's, so that any change
+    of training numerics fails; elsewhere, where the same code may round differently, 2 x the sample std of
+    the sentinel's model over the recorded seeds (its test/acc), naming what differs."""
+    provenance = json.loads((results_dir / "provenance.json").read_text())
+    sentinel = dict(o.split("=", 1) for o in provenance["sentinel"].split())
+    jobs = pd.read_csv(results_dir / "jobs.csv")
+    (n_test,) = jobs.loc[
+        jobs["overrides"].map(lambda o: set(provenance["sentinel"].split()) <= set(o.split())), "n_test"
+    ]
+    recorded = provenance["kernels"]
+    differ = {
+        k: (recorded.get(k), identity.get(k))
+        for k in {*recorded, *identity}
+        if recorded.get(k) != identity.get(k)
+    }
+    if not differ:
+        return 1 / n_test + 1e-9, "the recording machine's kernels: one test image"
+    frame = read_runs(results_dir / RUNS)
+    model = frame[
+        (frame["metric"] == "test/acc")
+        & (frame["variant"] == sentinel.get("variant"))
+        & (frame["recipe"] == sentinel.get("recipe", ""))
+    ]
+    spread = float(model["value"].std())
+    named = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in sorted(differ.items()))
+    return (
+        2 * spread + 1e-9,
+        f"other kernels ({named}): 2 x the seed std {spread:.4f} of the sentinel's model",
+    )

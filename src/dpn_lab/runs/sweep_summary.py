@@ -35,7 +35,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         {
             "job": job_dir.name,
             "overrides": " ".join(own),
-            "status": result["status"],
+            "status": "killed" if result["status"] == "running" else result["status"],
             **{m: result["metrics"].get(m) for m in METRICS},
             "error": result.get("error") or "",
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,14 +20,14 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from dpn_lab.errors import ConfigError, DataError, DivergenceError, NonFiniteRefinementError, RunInterrupted
 from dpn_lab.runs import sweep_summary
 from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
 from dpn_lab.runs.preflight import preflight, wants_traceback
-from dpn_lab.runs.result import format_summary, write_result
+from dpn_lab.runs.result import earlier_result, format_summary, same_job, write_result
 from dpn_lab.runs.wandb_setup import finish_wandb, name_runs_by_sweep
 
 # Mistakes a user can act on (the package's own error types, which every validation raises): their line is
@@ -159,6 +160,15 @@ def keep_traceback(path: Path) -> str:
     return f"(an unexpected error: traceback in {path})"
 
 
+def continue_from_last_checkpoint(cfg: DictConfig, output_dir: Path) -> None:
+    """A training job of a sweep that was killed before it finished resumes from the last.ckpt it left."""
+    last = Path(str(cfg.paths.checkpoint_dir)) / "last.ckpt" if cfg.get("paths") else None
+    if cfg.get("train") and cfg.get("ckpt_path", "") is None and last is not None and last.is_file():
+        log.info(f"Continuing job {output_dir.name} from {last}: it was stopped before it finished")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
+
+
 def _raise_interrupted(signum: int, _frame) -> None:
     raise RunInterrupted(signum)
 
@@ -173,15 +183,24 @@ def run_task(cfg: DictConfig, work: Work) -> dict[str, float] | None:
     the W&B run whatever happens. A bug's traceback goes to the run's traceback.txt. A failure ends a single
     run (command_line prints it); in a sweep it is recorded, logged, and None is returned so the sweep goes
     on. SIGTERM or SIGINT ends the run, or the whole sweep (PreemptionCheckpoint saves during training).
+    A sweep run again keeps each job that finished before with the same code and overrides (result.json
+    says ok), and a training job that started but did not finish continues from its last.ckpt.
     """
     job = HydraConfig.get()
     output_dir, overrides = Path(job.runtime.output_dir), list(job.overrides.task)
     multirun = job.mode == RunMode.MULTIRUN
     rank_zero = rank_zero_only.rank == 0 and not is_ddp_child()
     name_runs_by_sweep(cfg)
+    earlier = earlier_result(output_dir) if multirun else None
+    if same_job(earlier, overrides):  # a sweep run again after it was killed
+        if earlier["status"] == "ok":
+            log.info(f"Keeping job {output_dir.name}: it finished before with the same code and overrides")
+            return {k: math.nan if v is None else v for k, v in earlier["metrics"].items()}
+        continue_from_last_checkpoint(cfg, output_dir)
     with ExitStack() as stack:
         if rank_zero:
             stack.enter_context(hold_run_directory(output_dir))
+            write_result(output_dir, "running", overrides, {})
         if threading.current_thread() is threading.main_thread():
             for signum in STATUS:
                 previous = signal.signal(signum, _raise_interrupted)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -366,3 +367,39 @@ def reliability_diagram(panels: Mapping[str, tuple[Tensor, Tensor]], n_bins: int
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, loc="upper left")
     return fig
+
+
+def forest_plot(table: pd.DataFrame, title: str) -> Figure:
+    """comparison_forest.png (a verdict table of dpn_lab.robustness.verdicts): per endpoint, recipe and treatment, its paired 95% interval against each reference,
+    zero and the equivalence margin (grey band) marked."""
+    groups = list(table.groupby(["endpoint", "recipe", "treatment"], sort=False))
+    references = list(dict.fromkeys(table["reference"]))
+    figure, ax = plt.subplots(figsize=(10, 0.3 * len(groups) + 1.4), layout="constrained")
+    several = table["treatment"].nunique() > 1
+    colors = dict(zip(references, ("tab:blue", "tab:orange", "tab:green"), strict=False))
+    for y, (_, rows) in enumerate(groups):
+        margin = rows["margin"].iloc[0]
+        ax.fill_betweenx([y - 0.45, y + 0.45], -margin, margin, color="0.9", lw=0)
+        for k, (_, r) in enumerate(rows.iterrows()):
+            offset = (k - (len(rows) - 1) / 2) * 0.25
+            ax.errorbar(
+                r["diff"],
+                y + offset,
+                xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+                fmt="o",
+                ms=3.5,
+                color=colors[r["reference"]],
+                capsize=2,
+                label=f"{r['treatment'] if not several else 'model'} − {r['reference']}" if y == 0 else None,
+            )
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(
+        np.arange(len(groups)),
+        [f"{e} | {r or '–'}" + (f" | {t}" if several else "") for (e, r, t), _ in groups],
+        fontsize=7,
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference, 95% interval over seeds (grey: equivalence margin)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return figure

@@ -1,0 +1,52 @@
+"""torch, MKL and oneDNN run their AVX2 kernels on every machine that has them, unless the user says otherwise."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dpn_lab.runs.cpu_kernels import PINNED, kernel_identity, processor
+
+HAS_AVX2 = kernel_identity()["avx2_and_fma"]
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the pinned path needs AVX2 and FMA")
+def test_the_test_process_runs_the_pinned_kernels():
+    for variable, value in PINNED.items():
+        assert os.environ[variable] == value
+    assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+    identity = kernel_identity()
+    assert identity["mkl_cbwr"] == "AVX2" and identity["onednn_max_cpu_isa"] == "AVX2"
+    assert identity["torch"] == torch.__version__ and identity["torch_threads"] == torch.get_num_threads()
+
+
+def _capability(env: dict) -> str:
+    code = "import dpn_lab, torch; print(torch.backends.cpu.get_cpu_capability())"
+    environment = {k: v for k, v in os.environ.items() if k not in PINNED} | env
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.mark.slow  # two interpreters that import torch
+@pytest.mark.skipif(not HAS_AVX2, reason="the pinned path needs AVX2 and FMA")
+def test_importing_the_package_pins_the_kernels_before_torch_loads_and_the_users_choice_wins():
+    assert _capability({}) == "AVX2"
+    assert _capability({"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+
+
+def test_the_processor_record_names_the_model_and_its_vector_units():
+    found = processor()
+    assert found["cores"] == os.cpu_count() and found["model_name"]
+    assert ("avx2" in found["flags"]) == HAS_AVX2 and set(found["flags"]) <= {
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+        "amx_tile",
+    }
