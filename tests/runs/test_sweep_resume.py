@@ -1,5 +1,6 @@
 """A comparison sweep killed part-way resumes: run again, it keeps the jobs that finished with the same code
-and overrides, continues or reruns the rest, and ends with the files of a sweep that was never stopped."""
+and overrides, continues or reruns the rest, and ends with the files of a sweep that was never stopped. Every sweep runs as its own process, as a user
+runs it (a job run inside the test process rounds differently from one in a fresh interpreter)."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import signal
 import pandas as pd
 import pytest
 
-from conftest import run_in_process, start_cli, wait_until
+from conftest import run_cli, start_cli, wait_until
 
 SWEEP = (
     "experiment=robustness_digits",
@@ -32,19 +33,19 @@ def _finished(job) -> bool:
 @pytest.mark.slow
 def test_a_sweep_killed_between_jobs_resumes_to_the_same_comparison(tmp_path):
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    done = run_in_process("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={reference}", cwd=tmp_path)
+    done = run_cli("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={reference}", cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     process = start_cli(*SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path)
     try:
-        wait_until(lambda: _finished(resumed / "1"), 120, "job 1 of the sweep to finish")
+        wait_until(lambda: _finished(resumed / "1"), 600, "job 1 of the sweep to finish")
     finally:
         os.kill(process.pid, signal.SIGKILL)  # no handler runs: as a machine that dies
         process.communicate()
     assert not (resumed / "runs.csv").exists() and not _finished(resumed / "3")
     job0 = (resumed / "0" / "result.json").read_text()
 
-    again = run_in_process("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path)
+    again = run_cli("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Keeping job 0" in again.stderr + again.stdout and "Keeping job 1" in again.stderr + again.stdout
     assert (resumed / "0" / "result.json").read_text() == job0  # kept, not rerun
@@ -56,7 +57,7 @@ def test_a_sweep_killed_between_jobs_resumes_to_the_same_comparison(tmp_path):
     # a job made by other code is run again, not kept
     record = json.loads(job0)
     (resumed / "0" / "result.json").write_text(json.dumps({**record, "code": "other"}))
-    third = run_in_process("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path)
+    third = run_cli("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path, timeout=900)
     assert third.returncode == 0, third.stderr[-3000:]
     assert (
         "Keeping job 0" not in third.stderr + third.stdout and "Keeping job 1" in third.stderr + third.stdout
