@@ -26,22 +26,13 @@ from typing import Any
 import pandas as pd
 
 from dpn_lab.errors import ConfigError
+from dpn_lab.robustness.evaluate import COLUMNS
 from dpn_lab.runs.result import read_result
 
 RUN_COLUMNS = ("job", "recipe", "variant", "seed", "split", "axis", "kind", "level", "metric", "value", "n")
 SEED_KEYS = ("seed", "data.split_seed")  # what pairs the models of a comparison
-CORRUPTION_METRICS = (
-    "accuracy",
-    "auroc_potential",
-    "auroc_msp",
-    "acc90_potential",
-    "acc90_msp",
-    "ece",
-    "nll",
-    "brier",
-    "mean_potential",
-    "mean_displacement",
-)
+# every number robustness_rows writes per level, but for its keys and its n
+CORRUPTION_METRICS = tuple(c for c in COLUMNS if c not in ("corruption", "severity", "n"))
 
 
 def _level(value: Any) -> str:
@@ -65,27 +56,23 @@ def finished_jobs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(d, read_result(d) or {"status": "failed", "overrides": [], "metrics": {}}) for d in dirs]
 
 
+def corruption_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The long-form rows of one robustness row (a corruption level): one per defined metric."""
+    base = {"axis": "corruption", "kind": row["corruption"], "level": _level(row["severity"]), "n": row["n"]}
+    return [
+        {**base, "metric": metric, "value": row[metric]}
+        for metric in CORRUPTION_METRICS
+        if row.get(metric, math.nan) == row.get(metric, math.nan)
+    ]
+
+
 def _rows_of_job(job_dir: Path) -> tuple[list[dict[str, Any]], str, float | None]:
     """(axis rows of one job's evaluation files, its test digest, the number of test images)."""
     meta_path = job_dir / "robustness.json"
     if not meta_path.is_file():
         return [], "", None
     meta = json.loads(meta_path.read_text())
-    rows = []
-    for r in meta["rows"]:
-        for metric in CORRUPTION_METRICS:
-            value = r.get(metric, math.nan)
-            if value == value:
-                rows.append(
-                    {
-                        "axis": "corruption",
-                        "kind": r["corruption"],
-                        "level": _level(r["severity"]),
-                        "metric": metric,
-                        "value": value,
-                        "n": r["n"],
-                    }
-                )
+    rows = [row for r in meta["rows"] for row in corruption_rows(r)]
     from dpn_lab.robustness.compare import attack_rows  # the strongest variant per (attack, eps)
 
     attacks = job_dir / "adversarial.csv"
@@ -198,20 +185,7 @@ def baseline_frame(metas: list[tuple[dict[str, Any], Path]], columns) -> pd.Data
                 "seed": job["seed"],
                 "split": job["split"],
             }
-            for metric in CORRUPTION_METRICS:
-                value = r.get(metric, math.nan)
-                if value == value:
-                    rows.append(
-                        {
-                            **common,
-                            "axis": "corruption",
-                            "kind": r["corruption"],
-                            "level": _level(r["severity"]),
-                            "metric": metric,
-                            "value": value,
-                            "n": r["n"],
-                        }
-                    )
+            rows += [{**common, **row} for row in corruption_rows(r)]
     return pd.DataFrame(rows, columns=columns)
 
 
