@@ -23,6 +23,7 @@ from dpn_lab.runs.cpu_kernels import kernel_identity
 RESULTS = sorted(p.parent for p in (ROOT / "results").glob("*/provenance.json"))
 
 
+@pytest.mark.slow  # the paired statistics of three results (~12 s)
 def test_the_pages_results_blocks_are_rendered_from_the_committed_results():
     blocks = 0
     for page in pages(ROOT):

@@ -106,9 +106,16 @@ def comparisons_of(
     return [(t, r) for t in treatments for r in references if t != r]
 
 
-def paired_levels(frame: pd.DataFrame, comparisons: list[tuple[str, str]]) -> pd.DataFrame:
-    """Every (recipe, axis, kind, level, metric) of every comparison, with its paired statistics and p_bh,
-    the Benjamini-Hochberg adjusted p within its table (one axis and metric: a rendered per-level table)."""
+def paired_levels(
+    frame: pd.DataFrame, comparisons: list[tuple[str, str]], tables: list[tuple[str, str]] | None = None
+) -> pd.DataFrame:
+    """Every (recipe, axis, kind, level, metric) of every comparison (or only those of the (axis, metric)
+    `tables`), with its paired statistics and p_bh, the Benjamini-Hochberg adjusted p within its table (one
+    axis and metric: a rendered per-level table)."""
+    if tables is not None:
+        frame = frame[
+            pd.Series(list(zip(frame["axis"], frame["metric"], strict=True)), index=frame.index).isin(tables)
+        ]
     parts = [paired_differences(frame, t, r) for t, r in comparisons]
     table = pd.concat(parts, ignore_index=True)
     table["p_bh"] = table.groupby(["axis", "metric"])["p"].transform(lambda p: corrected(p, "bh"))

@@ -140,7 +140,8 @@ def analysis(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     frame = read_runs(results_dir / RUNS)
     present = set(frame["variant"])
     comparisons = [(t, r) for t, r in COMPARISONS if {t, r} <= present]
-    return frame, paired_levels(frame, comparisons), verdict_table(frame, comparisons)
+    tables = [(axis, metric) for axis, metric, _ in LEVEL_TABLES.values()]
+    return frame, paired_levels(frame, comparisons, tables), verdict_table(frame, comparisons)
 
 
 def draw_figures(results_dir: Path) -> None:
