@@ -73,6 +73,7 @@ def _rows_of_job(job_dir: Path) -> tuple[list[dict[str, Any]], str, float | None
         return [], "", None
     meta = json.loads(meta_path.read_text())
     rows = [row for r in meta["rows"] for row in corruption_rows(r)]
+    # compare imports this module: imported here, where it is used
     from dpn_lab.robustness.compare import attack_rows  # the strongest variant per (attack, eps)
 
     attacks = job_dir / "adversarial.csv"
@@ -167,7 +168,7 @@ def varying_recipe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def baseline_frame(metas: list[tuple[dict[str, Any], Path]], columns) -> pd.DataFrame:
     """The classical baselines (compare.BASELINES) on every distinct split, at the same corruption levels."""
-    from dpn_lab.robustness.compare import baseline_rows
+    from dpn_lab.robustness.compare import baseline_rows  # compare imports this module
 
     by_path, seen = [], set()
     for job, job_dir in metas:
