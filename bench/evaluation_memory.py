@@ -64,6 +64,7 @@ def main() -> None:
             "seed": 0,
             "split": "test",
             "test_steps": None,
+            "figures": True,
             "ood": ["uniform_noise", "permuted", "other_digits"],
         }
     )
@@ -75,7 +76,7 @@ def main() -> None:
                 evaluate_and_report(net, datamodule, eval_cfg, out)
             ),
             "OOD detection (3 sets x 5 scores: ood.csv, ood.png)": lambda: write_ood(
-                ood_rows(net, datamodule, eval_cfg), out
+                ood_rows(net, datamodule, eval_cfg), out, eval_cfg.figures
             ),
         }
         cpu = platform.processor() or platform.machine()

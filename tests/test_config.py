@@ -104,6 +104,7 @@ BAD_VALUES = [
         "model.noise_pairs.severity=2 is out of range: must be a number >= 0 and <= 1",
     ),
     ("eval.split=train", "eval.split='train' is not allowed; choose one of: test, val"),
+    ("eval.figures=maybe", "eval.figures='maybe' is not allowed; choose one of: True, False"),
     (
         "eval.test_steps=[0,-1]",
         "eval.test_steps=[0, -1] is not allowed: use null or a non-empty list of integers >= 0",

@@ -369,7 +369,14 @@ def _check_kinds_and_levels(cfg: DictConfig, key: str, registry: dict, levels_ke
 def _check_robustness(cfg: DictConfig) -> None:
     if _check_kinds_and_levels(cfg, "eval.corruptions", CORRUPTIONS, "eval.levels", "severities") is None:
         return
-    _check_rules(cfg, {"eval.seed": Number(integer=True, low=0), "eval.split": Choice(EVAL_SPLITS)})
+    _check_rules(
+        cfg,
+        {
+            "eval.seed": Number(integer=True, low=0),
+            "eval.split": Choice(EVAL_SPLITS),
+            "eval.figures": Choice((True, False)),
+        },
+    )
     steps = OmegaConf.select(cfg, "eval.test_steps")
     if steps is not None and not (
         OmegaConf.is_list(steps) and all(type(t) is int and t >= 0 for t in steps) and len(steps) > 0

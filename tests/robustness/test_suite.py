@@ -1,4 +1,5 @@
-"""report_evaluations: after a fast dev run, every evaluation runs on one batch."""
+"""report_evaluations: after a fast dev run, every evaluation runs on one batch; eval.figures=false writes the
+tables only."""
 
 import csv
 import json
@@ -23,6 +24,7 @@ def test_a_fast_dev_run_evaluates_one_batch_of_each_split(make_cfg):
             "eval.attack_steps=2",
             "eval.ood=[uniform_noise]",
             "~callbacks.figures",
+            "eval.figures=false",
         ]
     )
     run = Path(cfg.paths.output_dir)
@@ -36,6 +38,7 @@ def test_a_fast_dev_run_evaluates_one_batch_of_each_split(make_cfg):
     assert {row["n"] for row in rows("robustness.csv")} == {"32"}
     assert {row["n"] for row in rows("adversarial.csv")} == {"32"}
     assert {(row["n"], row["n_in"]) for row in rows("ood.csv")} == {("32", "32")}
+    assert not list(run.rglob("*.png"))  # eval.figures=false
     # the digest names the 32 test images it used, so a sweep comparison will not take them for the full split
     digits = DigitsDataModule()
     digits.setup()

@@ -241,14 +241,17 @@ def summary_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return best
 
 
-def write_adversarial(rows: list[dict[str, Any]], directory: Path) -> dict[str, Path]:
-    """adversarial.csv/.md/.png: a row per (attack, eps, gradient); the plot has a panel per attack."""
+def write_adversarial(rows: list[dict[str, Any]], directory: Path, figures: bool) -> dict[str, Path]:
+    """adversarial.csv/.md (and .png with `figures`): a row per (attack, eps, gradient); the plot has a panel
+    per attack."""
     from dpn_lab.robustness.evaluate import markdown_table, write_rows
     from dpn_lab.viz.plots import accuracy_plot, save_figure
 
-    paths = {kind: directory / f"adversarial.{kind}" for kind in ("csv", "md", "png")}
+    paths = {kind: directory / f"adversarial.{kind}" for kind in ("csv", "md")}
     write_rows(rows, paths["csv"], ATTACK_COLUMNS)
     paths["md"].write_text(markdown_table(rows, ATTACK_COLUMNS) + MARKS)
+    if not figures:
+        return paths
     curves: dict[str, list[dict]] = {}
     for row in rows:
         if row["gradient"] != "masking check":
@@ -256,7 +259,9 @@ def write_adversarial(rows: list[dict[str, Any]], directory: Path) -> dict[str, 
                 {"corruption": row["attack"], "severity": row["eps"], **row}
             )
     units = {kind: f"eps ({spec.norm})" for kind, spec in ATTACKS.items()}
-    save_figure(accuracy_plot(curves, "Accuracy under attack", units), paths["png"])
+    paths["png"] = save_figure(
+        accuracy_plot(curves, "Accuracy under attack", units), directory / "adversarial.png"
+    )
     return paths
 
 
@@ -284,7 +289,7 @@ def report_attacks(
         )
     log.info(f"Attacks: {', '.join(eval_cfg.attacks)} on {eval_cfg.attack_samples} {eval_cfg.split} images")
     rows = adversarial_rows(net, split.inputs, split.labels, eval_cfg, n_classes)
-    paths = write_adversarial(rows, directory)
+    paths = write_adversarial(rows, directory, eval_cfg.figures)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_table(
@@ -292,6 +297,7 @@ def report_attacks(
                 columns=list(ATTACK_COLUMNS),
                 data=[[r[c] for c in ATTACK_COLUMNS] for r in rows],
             )
-            logger.log_image(key="adversarial/accuracy_vs_eps", images=[str(paths["png"])])
+            if "png" in paths:
+                logger.log_image(key="adversarial/accuracy_vs_eps", images=[str(paths["png"])])
     print(f"\naccuracy under attack ({eval_cfg.split} set)\n" + markdown_table(rows, ATTACK_COLUMNS))
     return summary_metrics(rows)

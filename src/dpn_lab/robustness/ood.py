@@ -174,15 +174,16 @@ def ood_rows(net: FullArchitecture, datamodule, eval_cfg) -> list[dict[str, Any]
     return rows
 
 
-def write_ood(rows: list[dict[str, Any]], directory: Path) -> dict[str, Path]:
-    """ood.csv/.md and ood.png (AUROC per set and score)."""
+def write_ood(rows: list[dict[str, Any]], directory: Path, figures: bool) -> dict[str, Path]:
+    """ood.csv/.md and, with `figures`, ood.png (AUROC per set and score)."""
     from dpn_lab.robustness.evaluate import markdown_table, write_rows
     from dpn_lab.viz.plots import ood_plot, save_figure
 
-    paths = {kind: directory / f"ood.{kind}" for kind in ("csv", "md", "png")}
+    paths = {kind: directory / f"ood.{kind}" for kind in ("csv", "md")}
     write_rows(rows, paths["csv"], OOD_COLUMNS)
     paths["md"].write_text(markdown_table(rows, OOD_COLUMNS))
-    save_figure(ood_plot(rows), paths["png"])
+    if figures:
+        paths["png"] = save_figure(ood_plot(rows), directory / "ood.png")
     return paths
 
 
@@ -194,12 +195,13 @@ def report_ood(net: FullArchitecture, datamodule, eval_cfg, directory: Path, log
 
     log.info(f"OOD detection: {', '.join(eval_cfg.ood)} against the {eval_cfg.split} images")
     rows = ood_rows(net, datamodule, eval_cfg)
-    paths = write_ood(rows, directory)
+    paths = write_ood(rows, directory, eval_cfg.figures)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_table(
                 key="ood/table", columns=list(OOD_COLUMNS), data=[[r[c] for c in OOD_COLUMNS] for r in rows]
             )
-            logger.log_image(key="ood/auroc", images=[str(paths["png"])])
+            if "png" in paths:
+                logger.log_image(key="ood/auroc", images=[str(paths["png"])])
     print(f"\nOOD detection ({eval_cfg.split} set in distribution)\n" + markdown_table(rows, OOD_COLUMNS))
     return {f"ood/{r['ood_set']}/{r['score']}_auroc": r["auroc"] for r in rows}
