@@ -6,12 +6,12 @@ one step against its GEMM floor, and how the cost grows with B, K, D and T. One 
     python bench/refinement.py --plot bench/refinement_cost.png # also draw the growth table
 
 Rows (full precision, the benchmark's hardest case):
-  seed layer, literal     the seed paper's layer as written: (x - mu) as B x K x D, A_i applied by einsum, and
+  paper layer, literal    the DPN paper's layer as written: (x - mu) as B x K x D, A_i applied by einsum, and
                           torch.autograd.grad(create_graph=True) for every step
   autograd (lean)         gradient_impl=autograd: the GEMM form of q, autograd for grad phi and for backward
   closed_form fused       the default: all T steps as one autograd node, for full precision in precision form
                           (P_i = A_i^T A_i formed once: 3 GEMMs a step against the factor form's 6)
-Ratios are against the seed layer and the lean autograd rows measured in the same run. Activation memory is
+Ratios are against the paper layer and the lean autograd rows measured in the same run. Activation memory is
 what autograd holds for backward when the forward returns (parameters excluded; saved-tensor hooks).
 """
 
@@ -43,8 +43,8 @@ class Shape:
         return f"B={self.batch} D={self.dim} K={self.components} T={self.steps}"
 
 
-class SeedLayer(nn.Module):
-    """The seed paper's refinement layer, literally: autograd through phi with a graph kept at every step."""
+class PaperLayer(nn.Module):
+    """The DPN paper's refinement layer, literally: autograd through phi with a graph kept at every step."""
 
     def __init__(self, potential: DenoisingPotential) -> None:
         super().__init__()
@@ -71,11 +71,11 @@ class Row:
     grad_mode: str = "unrolled"
     checkpoint_steps: bool = False
     compiled: bool = False
-    seed: bool = False
+    paper: bool = False
 
 
 ROWS = [
-    Row("seed layer, literal", "autograd", seed=True),
+    Row("paper layer, literal", "autograd", paper=True),
     Row("autograd (lean)", "autograd"),
     Row("autograd + ckpt", "autograd", checkpoint_steps=True),
     Row("closed_form detach", grad_mode="detach"),
@@ -175,7 +175,7 @@ def build(row: Row, shape: Shape, device: torch.device, dtype: torch.dtype) -> D
 def prepare(row: Row, shape: Shape, device, dtype) -> dict:
     """{step: one forward+backward, finish(memory) -> saved bytes and gradients} or {error}."""
     module = build(row, shape, device, dtype)
-    layer = SeedLayer(module) if row.seed else module
+    layer = PaperLayer(module) if row.paper else module
     forward = torch.compile(layer) if row.compiled else layer
     torch.manual_seed(1)
     x = torch.randn(shape.batch, shape.dim, device=device, dtype=dtype).requires_grad_(True)
@@ -238,7 +238,7 @@ def print_table(title: str, columns: list[tuple[str, int]], rows: list[list[str]
 def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) -> None:
     rows = [r for r in ROWS if compile_rows or not r.compiled]
     results = measure(rows, shape, device, dtype, repeats)
-    seed, lean = results["seed layer, literal"], results["autograd (lean)"]
+    paper, lean = results["paper layer, literal"], results["autograd (lean)"]
     table = []
     for row in rows:
         res = results[row.name]
@@ -250,7 +250,7 @@ def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool
             [
                 row.name,
                 f"{1e3 * res['seconds']:.2f}",
-                f"{seed['seconds'] / res['seconds']:.2f}x",
+                f"{paper['seconds'] / res['seconds']:.2f}x",
                 f"{lean['seconds'] / res['seconds']:.2f}x",
                 f"{res['saved'] / 2**20:.2f}",
                 f"{err:.1e}",
@@ -258,7 +258,7 @@ def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool
         )
     print_table(
         f"1. forward+backward of the ascent, {shape}, full precision, {dtype}",
-        [("configuration", 28), ("ms", 9), ("vs seed", 8), ("vs lean", 8), ("saved MiB", 9), ("grad err", 9)],
+        [("configuration", 28), ("ms", 9), ("vs paper", 8), ("vs lean", 8), ("saved MiB", 9), ("grad err", 9)],
         table,
     )
     print(

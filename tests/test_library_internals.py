@@ -1,6 +1,6 @@
 """The undocumented behaviour of Hydra and Lightning that dpn_lab relies on, each pinned here so that an
 upgrade that changes it fails with a message naming what to fix. The list, with the reason for each, is the
-README's "Library internals we rely on"; keep the two together.
+docs/development.md, "Library internals we rely on"; keep the two together.
 """
 
 import csv
