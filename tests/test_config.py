@@ -62,8 +62,8 @@ def test_optuna_search_composes(make_cfg):
 
 BAD_VALUES = [
     (
-        "model.precision=dense",
-        "model.precision='dense' is not allowed; choose one of: full, diag, spherical, lowrank",
+        "model.covariance=dense",
+        "model.covariance='dense' is not allowed; choose one of: full, diag, spherical, lowrank",
     ),
     ("model.extractor=resnet", "model.extractor='resnet' is not allowed; choose one of: mlp, cnn"),
     (
@@ -74,7 +74,6 @@ BAD_VALUES = [
         "model.gradient_impl=fd",
         "model.gradient_impl='fd' is not allowed; choose one of: closed_form, autograd",
     ),
-    ("model.step_size=cosine", "model.step_size='cosine' is not allowed; choose one of: shared, per_step"),
     (
         "+model.extractor_kwargs.norm=layer",
         "model.extractor_kwargs.norm='layer' is not allowed; choose one of: batch, group",
@@ -120,12 +119,6 @@ BAD_VALUES = [
     ("model.feature_dim=2.5", "model.feature_dim=2.5 has the wrong type: must be an integer >= 1"),
     ("model.init_step_size=0", "model.init_step_size=0 is out of range: must be a number > 0"),
     ("model.init_precision=-1", "model.init_precision=-1 is out of range: must be a number > 0"),
-    (
-        "model.langevin_temperature=-0.1",
-        "model.langevin_temperature=-0.1 is out of range: must be a number >= 0",
-    ),
-    ("model.step_supervision=-1", "model.step_supervision=-1 is out of range: must be a number >= 0"),
-    ("model.aux_loss_weight=-1", "model.aux_loss_weight=-1 is out of range: must be a number >= 0"),
     ("model.init_samples=0", "model.init_samples=0 is out of range: must be an integer >= 1"),
     (
         "model.refinement_weight_decay=-0.1",
@@ -140,7 +133,7 @@ BAD_VALUES = [
         "model.n_components=5000 is out of range: must be <= model.init_samples=2000",
     ),
     (
-        "model.precision=lowrank model.rank=99",
+        "model.covariance=lowrank model.rank=99",
         "model.rank=99 is out of range: must be <= model.feature_dim=32",
     ),
     ("data.batch_size=0", "data.batch_size=0 is out of range: must be an integer >= 1"),

@@ -20,15 +20,14 @@ from dpn_lab.model.options import (
     CENTER_UPDATES,
     CNN_NORMS,
     CNN_POOLS,
+    COVARIANCES,
     EXTRACTOR_NAMES,
     GRAD_MODES,
     GRADIENT_IMPLS,
     IMAGE_EXTRACTORS,
     INIT_METHODS,
     MIN_RESNET_SIDE,
-    PRECISIONS,
     REFINEMENTS,
-    STEP_SIZES,
 )
 from dpn_lab.robustness.attacks import ATTACKS, GRADIENTS
 from dpn_lab.robustness.ood import OOD_SETS, ood_set_problem
@@ -91,10 +90,9 @@ MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "val/potential_gain")
 
 MODEL_RULES: dict[str, Choice | Number] = {
     "model.extractor": Choice(EXTRACTOR_NAMES),
-    "model.precision": Choice(PRECISIONS),
+    "model.covariance": Choice(COVARIANCES),
     "model.grad_mode": Choice(GRAD_MODES),
     "model.gradient_impl": Choice(GRADIENT_IMPLS),
-    "model.step_size": Choice(STEP_SIZES),
     "model.init": Choice(INIT_METHODS),
     "model.feature_dim": Number(integer=True, low=1),
     "model.n_components": Number(integer=True, low=1),
@@ -102,12 +100,8 @@ MODEL_RULES: dict[str, Choice | Number] = {
     "model.rank": Number(integer=True, low=1),
     "model.init_step_size": Number(low=0, low_open=True),
     "model.init_precision": Number(low=0, low_open=True),
-    "model.langevin_temperature": Number(low=0),
     "model.init_samples": Number(integer=True, low=1),
-    "model.step_supervision": Number(low=0),
-    "model.aux_loss_weight": Number(low=0),
     "model.checkpoint_steps": Choice((True, False)),
-    "model.bound_step_size": Choice((True, False)),
     "model.extractor_kwargs.norm": Choice(CNN_NORMS),
     "model.extractor_kwargs.pool": Choice(CNN_POOLS),
     "model.consistency_weight": Number(low=0),
@@ -240,20 +234,20 @@ def _check_model_size(cfg: DictConfig) -> None:
     """Refuse a potential that could not be allocated here, before anything is allocated."""
     model = cfg.model
     per_component = {"full": model.feature_dim, "lowrank": model.rank + 2, "diag": 2, "spherical": 1}
-    parameters = model.n_components * (model.feature_dim * per_component[model.precision] + 1)
+    parameters = model.n_components * (model.feature_dim * per_component[model.covariance] + 1)
     needed = parameters * BYTES_PER_PARAMETER
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > memory:
         raise ConfigError(
             f"model.n_components={model.n_components} x model.feature_dim={model.feature_dim} "
-            f"(precision {model.precision}) needs about {needed / 2**30:.0f} GiB to train the potential alone; "
+            f"(covariance {model.covariance}) needs about {needed / 2**30:.0f} GiB to train the potential alone; "
             f"this machine has {memory / 2**30:.0f} GiB"
         )
 
 
 def _check_model_consistency(cfg: DictConfig) -> None:
     model = cfg.model
-    if model.precision == "lowrank" and model.rank > model.feature_dim:
+    if model.covariance == "lowrank" and model.rank > model.feature_dim:
         raise ConfigError(
             f"model.rank={model.rank} is out of range: must be <= model.feature_dim={model.feature_dim}"
         )

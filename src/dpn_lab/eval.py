@@ -32,7 +32,7 @@ from dpn_lab.config import validate_config
 from dpn_lab.robustness.suite import report_evaluations
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
 from dpn_lab.runs.resolvers import register_resolvers
-from dpn_lab.runs.result import scalars
+from dpn_lab.runs.outcome import scalars
 from dpn_lab.runs.task import command_line, run_task
 
 log = logging.getLogger("dpn_lab.eval")
