@@ -258,7 +258,14 @@ def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool
         )
     print_table(
         f"1. forward+backward of the ascent, {shape}, full precision, {dtype}",
-        [("configuration", 28), ("ms", 9), ("vs paper", 8), ("vs lean", 8), ("saved MiB", 9), ("grad err", 9)],
+        [
+            ("configuration", 28),
+            ("ms", 9),
+            ("vs paper", 8),
+            ("vs lean", 8),
+            ("saved MiB", 9),
+            ("grad err", 9),
+        ],
         table,
     )
     print(

@@ -40,8 +40,8 @@ from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.suite import report_evaluations
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
 from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
-from dpn_lab.runs.resolvers import register_resolvers
 from dpn_lab.runs.outcome import scalars
+from dpn_lab.runs.resolvers import register_resolvers
 from dpn_lab.runs.resume import find_last_checkpoint
 from dpn_lab.runs.task import command_line, run_task
 

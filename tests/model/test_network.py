@@ -8,9 +8,7 @@ from dpn_lab.model.network import DPNClassifier
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 
-def make_model(
-    extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled"
-) -> DPNClassifier:
+def make_model(extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled") -> DPNClassifier:
     torch.manual_seed(0)
     potential = DenoisingPotential(
         PotentialConfig(16, 5, n_steps=n_steps, grad_mode=grad_mode, covariance="full")

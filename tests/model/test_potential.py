@@ -261,8 +261,13 @@ def test_same_seed_same_module_and_output():
         ),
         ({"grad_mode": "truncated"}, "grad_mode='truncated' is not allowed; choose one of: unrolled, detach"),
         ({"gradient_impl": "fd"}, "gradient_impl='fd' is not allowed; choose one of: closed_form, autograd"),
-        ({"n_steps": -1}, "n_steps=-1 must be an integer >= 0"),
-        ({"covariance": "lowrank", "rank": 9}, "rank=9 must be between 1 and feature_dim=4"),
+        ({"n_steps": -1}, "n_steps=-1 is out of range: must be an integer >= 0"),
+        ({"n_components": 2.5}, "n_components=2.5 has the wrong type: must be an integer >= 1"),
+        ({"init_step_size": 0.0}, "init_step_size=0.0 is out of range: must be a number > 0"),
+        (
+            {"covariance": "lowrank", "rank": 9},
+            "rank=9 is out of range: must be <= feature_dim=4 for covariance=lowrank",
+        ),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):

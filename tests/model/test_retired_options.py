@@ -42,13 +42,17 @@ def test_an_older_checkpoint_loads_with_the_same_weights(tmp_path):
 )
 def test_a_checkpoint_trained_with_a_removed_option_switched_on_is_refused_by_name(tmp_path, option, value):
     path = old_checkpoint(tmp_path / "old.ckpt", **{option: value})
-    with pytest.raises(ConfigError, match=f"model.{option}={value!r} describes a model this version cannot build"):
+    with pytest.raises(
+        ConfigError, match=f"model.{option}={value!r} describes a model this version cannot build"
+    ):
         model_from_checkpoint(read_checkpoint(str(path)), str(path))
 
 
 def test_an_older_run_directory_is_the_same_experiment_for_resuming():
     new = OmegaConf.create({"seed": 0, "model": {"covariance": "full", "n_steps": 5}})
-    old = OmegaConf.create({"seed": 0, "model": {"precision": "full", "n_steps": 5, "bound_step_size": False}})
+    old = OmegaConf.create(
+        {"seed": 0, "model": {"precision": "full", "n_steps": 5, "bound_step_size": False}}
+    )
     assert config_fingerprint(old, "old run") == config_fingerprint(new)
     switched_on = OmegaConf.create({"seed": 0, "model": {"precision": "full", "langevin_temperature": 0.1}})
     with pytest.raises(ConfigError, match="old run: model.langevin_temperature=0.1"):

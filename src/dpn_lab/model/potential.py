@@ -26,14 +26,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dpn_lab.errors import ConfigError, NonFiniteRefinementError, choice_error
+from dpn_lab.errors import NonFiniteRefinementError
 from dpn_lab.model.ascent_kernels import (
     FactorForm,
     PrecisionForm,
@@ -42,66 +41,13 @@ from dpn_lab.model.ascent_kernels import (
     in_parameter_dtype,
     quadratic_forms,
 )
-from dpn_lab.model.options import COVARIANCES, GRAD_MODES, GRADIENT_IMPLS
-
-
-@dataclass(frozen=True)
-class PotentialConfig:
-    """The potential's arguments and their defaults: the one place they are written.
-
-    `conf/model/dpn.yaml` repeats them as flat `model.*` keys and `dpn_lab.config` validates them; a test
-    fails when either drifts from this class. Checkpoints store them as plain values.
-
-    Args:
-        feature_dim: feature dimension D (the extractor's output).
-        n_components: number of mixture components K.
-        n_steps: ascent steps T; 0 makes the module the identity (the ablation).
-        covariance: the covariance family, `full`, `diag`, `spherical` or `lowrank` (module docstring).
-        rank: rank r of the low-rank term (`lowrank` only).
-        init_step_size: eta at construction (eta = softplus(raw) > 0, one for every step).
-        init_precision: every P_i starts as init_precision * I (until KMeansInit fits them to features).
-        gradient_impl: `closed_form` (two GEMMs) or `autograd` (torch.autograd.grad, the reference).
-        grad_mode: how the loss back-propagates through the steps.
-            `unrolled` keeps the whole graph: every step trains mu, A, c and eta, and dL/dx_0 reaches the
-            feature extractor.
-            `detach` is the seed paper's literal recipe (the state is detached before every step after the
-            first): only the last step is trained, and for n_steps >= 2 the feature extractor receives
-            NO gradient through the refinement at all (dL/dx_0 = 0). Kept for comparison.
-        checkpoint_steps: with `unrolled`, store O(B*(D+K)) per step instead of O(B*K*R) and recompute
-            the rest in the backward pass (closed_form: one GEMM per step; autograd: the whole step).
-    """
-
-    feature_dim: int = 32
-    n_components: int = 16
-    n_steps: int = 5
-    covariance: str = "diag"
-    rank: int = 4
-    init_step_size: float = 0.1
-    init_precision: float = 1.0
-    gradient_impl: str = "closed_form"
-    grad_mode: str = "unrolled"
-    checkpoint_steps: bool = False
-
-    def __post_init__(self) -> None:
-        _check_choice("covariance", self.covariance, COVARIANCES)
-        _check_choice("gradient_impl", self.gradient_impl, GRADIENT_IMPLS)
-        _check_choice("grad_mode", self.grad_mode, GRAD_MODES)
-        for name, low in (("feature_dim", 1), ("n_components", 1), ("n_steps", 0)):
-            value = getattr(self, name)
-            if int(value) != value or value < low:
-                raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
-        if self.covariance == "lowrank" and not 1 <= self.rank <= self.feature_dim:
-            raise ConfigError(
-                f"rank={self.rank!r} must be between 1 and feature_dim={self.feature_dim} for covariance='lowrank'"
-            )
-        if self.init_step_size <= 0 or self.init_precision <= 0:
-            raise ConfigError("init_step_size and init_precision must be > 0")
+from dpn_lab.model.options import PotentialConfig
 
 
 class DenoisingPotential(nn.Module):
     """A learnable mixture potential phi over R^D that refines features by `n_steps` ascent steps.
 
-    Built from a PotentialConfig (its docstring explains every argument). A non-finite state during the
+    Built from a PotentialConfig (dpn_lab.model.options: every option, its rule and meaning). A non-finite state during the
     ascent raises NonFiniteRefinementError naming the step.
     """
 
@@ -337,11 +283,6 @@ class DenoisingPotential(nn.Module):
             f"dim={self.dim}, n_components={self.n_components}, n_steps={self.n_steps}, "
             f"covariance={self.covariance}, gradient_impl={self.gradient_impl}, grad_mode={self.grad_mode}"
         )
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise choice_error(name, value, allowed)
 
 
 def _inverse_softplus(value: float) -> float:
