@@ -158,7 +158,7 @@ def build(row: Row, shape: Shape, device: torch.device, dtype: torch.dtype) -> D
             shape.dim,
             shape.components,
             n_steps=shape.steps,
-            precision="full",
+            covariance="full",
             init_step_size=0.05,
             gradient_impl=row.gradient_impl,
             grad_mode=row.grad_mode,
@@ -258,7 +258,14 @@ def training_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool
         )
     print_table(
         f"1. forward+backward of the ascent, {shape}, full precision, {dtype}",
-        [("configuration", 28), ("ms", 9), ("vs paper", 8), ("vs lean", 8), ("saved MiB", 9), ("grad err", 9)],
+        [
+            ("configuration", 28),
+            ("ms", 9),
+            ("vs paper", 8),
+            ("vs lean", 8),
+            ("saved MiB", 9),
+            ("grad err", 9),
+        ],
         table,
     )
     print(
@@ -273,7 +280,7 @@ def step_table(shape: Shape, device, dtype, repeats: int, compile_rows: bool) ->
     if module.uses_precision_form:
         matrix, n_gemms = module.precision_matrices().detach().reshape(-1, shape.dim), 1
     else:
-        matrix, n_gemms = module._frozen().factor_all.detach(), 2
+        matrix, n_gemms = module._factor_form().factor_all.detach(), 2
     y = torch.empty(shape.batch, matrix.shape[0], device=device, dtype=dtype)
     floor_name = f"its {n_gemms} GEMM{'s' * (n_gemms > 1)} alone"
 

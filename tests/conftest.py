@@ -194,7 +194,7 @@ def placements(payload: dict) -> dict[str, dict]:
 def checkpoint_file(path: Path, extra: dict | None = None, data: dict | None = None) -> Path:
     """A real checkpoint of an untrained default DPN (what Lightning writes, minus loop state)."""
     torch.manual_seed(0)
-    model = DPNLitModule(input_shape=[1, 8, 8], n_classes=10, extractor="cnn", precision="diag")
+    model = DPNLitModule(input_shape=[1, 8, 8], n_classes=10, extractor="cnn", covariance="diag")
     checkpoint = {
         "epoch": 0,
         "global_step": 0,

@@ -72,7 +72,7 @@ def test_checkpoints_written_before_records_still_rebuild_their_data(tmp_path):
     checkpoint = read_checkpoint(str(path))
     datamodule = data_module_from_checkpoint(checkpoint, str(path))
     assert type(datamodule) is DigitsDataModule and dict(datamodule.hparams) == args
-    assert model_from_checkpoint(checkpoint, str(path)).hparams.precision == "diag"
+    assert model_from_checkpoint(checkpoint, str(path)).hparams.covariance == "diag"
     # what a checkpoint stores now: name and plain arguments, no import path
     assert datamodule.state_dict() == {"name": "digits", "args": args}
 

@@ -34,7 +34,9 @@ def test_at_most_eight_top_level_modules():
 
 
 def test_the_documented_corruption_table_is_the_registry():
-    rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (.+?) \| (.+?) \|$", (ROOT / "docs" / "evaluation.md").read_text(), re.M)
+    rows = re.findall(
+        r"^\| `(\w+)` \| (.+?) \| (.+?) \| (.+?) \|$", (ROOT / "docs" / "evaluation.md").read_text(), re.M
+    )
     table = {kind: (unit, limit, meaning) for kind, unit, limit, meaning in rows if kind in CORRUPTIONS}
     assert set(table) == set(CORRUPTIONS)
     for kind, spec in CORRUPTIONS.items():

@@ -86,7 +86,7 @@ def summary_markdown(
         "",
         f"- trained epochs: {trained}, global step {checkpoint.get('global_step', '?')}",
         f"- extractor `{hp.extractor}`, feature dim D={potential.dim}, K={potential.n_components} components, "
-        f"T={potential.n_steps} steps, precision `{potential.precision}`, grad_mode `{potential.grad_mode}`",
+        f"T={potential.n_steps} steps, covariance `{potential.covariance}`, grad_mode `{potential.grad_mode}`",
         f"- parameters: {sum(counts.values()):,} ("
         + ", ".join(f"{k} {v:,}" for k, v in counts.items())
         + ")",

@@ -30,6 +30,7 @@ from dpn_lab.data.registry import (
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.model.potential import PotentialConfig
+from dpn_lab.model.retired_options import current_options
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule
     hp = checkpoint.get("hyper_parameters")
     if not isinstance(hp, dict):
         raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters)")
+    hp = current_options(hp, f"ckpt_path={path}")
     accepted = {f.name for f in fields(PotentialConfig)} | {
         p.name
         for p in inspect.signature(DPNLitModule.__init__).parameters.values()
@@ -187,7 +189,7 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
         hp = checkpoint.get("hyper_parameters", {})
         saved = ", ".join(
             f"{k}={hp[k]}"
-            for k in ("extractor", "feature_dim", "n_components", "precision", "n_steps")
+            for k in ("extractor", "feature_dim", "n_components", "covariance", "n_steps")
             if k in hp
         )
         raise ConfigError(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,70 +14,25 @@ from omegaconf import DictConfig, OmegaConf
 from dpn_lab.data.augment import AUGMENTS
 from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.data.sources import SOURCES, classes_problem
-from dpn_lab.errors import ConfigError, not_one_of
+from dpn_lab.errors import ConfigError
 from dpn_lab.model.options import (
     CENTER_UPDATES,
     CNN_NORMS,
     CNN_POOLS,
     EXTRACTOR_NAMES,
-    GRAD_MODES,
-    GRADIENT_IMPLS,
     IMAGE_EXTRACTORS,
     INIT_METHODS,
     MIN_RESNET_SIDE,
-    PRECISIONS,
     REFINEMENTS,
-    STEP_SIZES,
+    PotentialConfig,
+    potential_problem,
 )
 from dpn_lab.robustness.attacks import ATTACKS, GRADIENTS
 from dpn_lab.robustness.ood import OOD_SETS, ood_set_problem
+from dpn_lab.rules import Choice, Number
 
 EVAL_SPLITS = ("test", "val")
 CONF_DIR = Path(str(files("dpn_lab.conf")))
-
-
-@dataclass(frozen=True)
-class Choice:
-    allowed: tuple[Any, ...]
-
-    def check(self, value: Any) -> str | None:
-        # type-strict: 0 == False and 1 == True in Python, but 0 is no answer to a true/false key
-        if not any(type(value) is type(a) and value == a for a in self.allowed):
-            return not_one_of(self.allowed)
-        return None
-
-
-@dataclass(frozen=True)
-class Number:
-    integer: bool = False
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # low < value instead of low <= value
-    high_open: bool = False
-    nullable: bool = False
-
-    def describe(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        kind = "an integer" if self.integer else "a number"
-        return f"{kind} {' and '.join(parts)}".strip() + (" or null" if self.nullable else "")
-
-    def check(self, value: Any) -> str | None:
-        if value is None and self.nullable:
-            return None
-        wrong_type = isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float))
-        if wrong_type:
-            return f"has the wrong type: must be {self.describe()}"
-        if not math.isfinite(value):
-            return f"is not finite: must be {self.describe()}"
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return f"is out of range: must be {self.describe()}"
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return f"is out of range: must be {self.describe()}"
-        return None
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -90,24 +44,10 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameter
 MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "val/potential_gain")
 
 MODEL_RULES: dict[str, Choice | Number] = {
+    **{f"model.{f.name}": f.metadata["rule"] for f in fields(PotentialConfig)},
     "model.extractor": Choice(EXTRACTOR_NAMES),
-    "model.precision": Choice(PRECISIONS),
-    "model.grad_mode": Choice(GRAD_MODES),
-    "model.gradient_impl": Choice(GRADIENT_IMPLS),
-    "model.step_size": Choice(STEP_SIZES),
     "model.init": Choice(INIT_METHODS),
-    "model.feature_dim": Number(integer=True, low=1),
-    "model.n_components": Number(integer=True, low=1),
-    "model.n_steps": Number(integer=True, low=0),
-    "model.rank": Number(integer=True, low=1),
-    "model.init_step_size": Number(low=0, low_open=True),
-    "model.init_precision": Number(low=0, low_open=True),
-    "model.langevin_temperature": Number(low=0),
     "model.init_samples": Number(integer=True, low=1),
-    "model.step_supervision": Number(low=0),
-    "model.aux_loss_weight": Number(low=0),
-    "model.checkpoint_steps": Choice((True, False)),
-    "model.bound_step_size": Choice((True, False)),
     "model.extractor_kwargs.norm": Choice(CNN_NORMS),
     "model.extractor_kwargs.pool": Choice(CNN_POOLS),
     "model.consistency_weight": Number(low=0),
@@ -223,8 +163,10 @@ def _check_devices(cfg: DictConfig) -> None:
 
 
 def _check_model_keys(cfg: DictConfig) -> None:
-    """A key added to model (+model.x=...) that conf/model/dpn.yaml does not have is no model option."""
-    known = OmegaConf.load(CONF_DIR / "model" / "dpn.yaml")
+    """A key added to model (+model.x=...) that is neither in conf/model/dpn.yaml nor a PotentialConfig field
+    is no model option."""
+    yaml_keys = OmegaConf.load(CONF_DIR / "model" / "dpn.yaml")
+    known = [f.name for f in fields(PotentialConfig)] + [key for key in yaml_keys if key != "defaults"]
     for key in cfg.model:
         if key not in known:
             raise ConfigError(
@@ -240,23 +182,22 @@ def _check_model_size(cfg: DictConfig) -> None:
     """Refuse a potential that could not be allocated here, before anything is allocated."""
     model = cfg.model
     per_component = {"full": model.feature_dim, "lowrank": model.rank + 2, "diag": 2, "spherical": 1}
-    parameters = model.n_components * (model.feature_dim * per_component[model.precision] + 1)
+    parameters = model.n_components * (model.feature_dim * per_component[model.covariance] + 1)
     needed = parameters * BYTES_PER_PARAMETER
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > memory:
         raise ConfigError(
             f"model.n_components={model.n_components} x model.feature_dim={model.feature_dim} "
-            f"(precision {model.precision}) needs about {needed / 2**30:.0f} GiB to train the potential alone; "
+            f"(covariance {model.covariance}) needs about {needed / 2**30:.0f} GiB to train the potential alone; "
             f"this machine has {memory / 2**30:.0f} GiB"
         )
 
 
 def _check_model_consistency(cfg: DictConfig) -> None:
     model = cfg.model
-    if model.precision == "lowrank" and model.rank > model.feature_dim:
-        raise ConfigError(
-            f"model.rank={model.rank} is out of range: must be <= model.feature_dim={model.feature_dim}"
-        )
+    problem = potential_problem(model.covariance, model.rank, model.feature_dim)
+    if problem:
+        raise ConfigError(f"model.{problem}")
     if model.n_components > model.init_samples:
         raise ConfigError(
             f"model.n_components={model.n_components} is out of range: must be <= model.init_samples="

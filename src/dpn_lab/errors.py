@@ -13,12 +13,12 @@ class ConfigError(ValueError):
 
 
 def not_one_of(allowed: Iterable[object]) -> str:
-    """The one wording of a value outside its choices, e.g. `model.precision='dense' ` + this."""
+    """The one wording of a value outside its choices, e.g. `model.covariance='dense' ` + this."""
     return "is not allowed; choose one of: " + ", ".join(dict.fromkeys(str(a) for a in allowed))
 
 
 def choice_error(key: str, value: object, allowed: Iterable[object]) -> ConfigError:
-    """ConfigError for `key=value` outside `allowed`: `model.precision='dense' is not allowed; choose ...`."""
+    """ConfigError for `key=value` outside `allowed`: `model.covariance='dense' is not allowed; choose ...`."""
     return ConfigError(f"{key}={value!r} {not_one_of(allowed)}")
 
 

@@ -31,8 +31,8 @@ from dpn_lab.checkpoints import data_module_from_checkpoint, model_from_checkpoi
 from dpn_lab.config import validate_config
 from dpn_lab.robustness.suite import report_evaluations
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
+from dpn_lab.runs.outcome import scalars
 from dpn_lab.runs.resolvers import register_resolvers
-from dpn_lab.runs.result import scalars
 from dpn_lab.runs.task import command_line, run_task
 
 log = logging.getLogger("dpn_lab.eval")

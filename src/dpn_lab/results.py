@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("render")
     commands.add_parser("check")
     args = parser.parse_args(argv)
-    from dpn_lab.robustness.results import draw_figures, record, render_text
+    from dpn_lab.robustness.committed import draw_figures, record, render_text
 
     try:
         if args.action == "compare":

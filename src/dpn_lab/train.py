@@ -2,15 +2,16 @@
 corruption, and write everything into outputs/train/runs/<date>_<time>_<id>/.
 
 Key options (defaults in brackets; `--cfg job` prints them all):
-  data=digits|mnist5k|mnist|fashion_mnist|cifar10|blobs   [digits, embedded: no download]
-  model.n_components=K [16]  model.n_steps=T [5; 0 = the ablation]  model.precision=diag|full|spherical|lowrank
-  recipe=classic|robust_extractor|paired_noise|center_tracking   trainer.max_epochs [30]  trainer.devices [1]
+  data=digits|mnist5k|mnist|fashion_mnist|cifar10|cifar10_synthetic|blobs   [digits, embedded: no download]
+  model.n_components=K [16]  model.n_steps=T [5; 0 = the ablation]  model.covariance=diag|full|spherical|lowrank
+  recipe=robust_extractor|paired_noise|adversarial|classic|center_tracking   variant=dpn|ablation|control
+  trainer.max_epochs [30]  trainer.devices [1]
   logger=csv|wandb|none [csv]  seed [0]  ckpt_path=last (resume the newest run of this data+model+seed)
 
 Examples:
   python -m dpn_lab.train model.n_components=32 trainer.max_epochs=10
   python -m dpn_lab.train -m model.n_steps=0,5 seed=0,1,2      (a sweep: one job per combination)
-  python -m dpn_lab.train experiment=robustness_digits          (the README's comparison)
+  python -m dpn_lab.train experiment=robustness_digits          (the comparison: docs/results.md)
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.suite import report_evaluations
 from dpn_lab.runs.instantiate import instantiate_checked, instantiate_group
 from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
+from dpn_lab.runs.outcome import scalars
 from dpn_lab.runs.resolvers import register_resolvers
-from dpn_lab.runs.result import scalars
 from dpn_lab.runs.resume import find_last_checkpoint
 from dpn_lab.runs.task import command_line, run_task
 

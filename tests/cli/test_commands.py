@@ -137,11 +137,11 @@ def test_multirun_with_several_devices_per_job_says_what_to_use(tmp_path):
 
 
 def test_a_bad_value_is_one_line_and_exit_1(tmp_path):
-    result = run_cli("dpn_lab.train", "model.precision=dense", cwd=tmp_path)
+    result = run_cli("dpn_lab.train", "model.covariance=dense", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: ConfigError: model.precision='dense' is not allowed; choose one of: full, diag, spherical, lowrank"
+        "error: ConfigError: model.covariance='dense' is not allowed; choose one of: full, diag, spherical, lowrank"
     )
 
 

@@ -11,7 +11,7 @@ from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 
 def two_center_potential() -> DenoisingPotential:
-    potential = DenoisingPotential(PotentialConfig(2, 2, n_steps=1, precision="spherical")).double()
+    potential = DenoisingPotential(PotentialConfig(2, 2, n_steps=1, covariance="spherical")).double()
     with torch.no_grad():
         potential.mu.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
     return potential
@@ -44,7 +44,7 @@ def test_affine_r2_falls_for_a_nonlinear_map_and_matches_numpy():
     generator = torch.Generator().manual_seed(0)
     x0 = torch.randn(200, 3, generator=generator, dtype=torch.float64)
     xT = torch.tanh(3 * x0)
-    potential = DenoisingPotential(PotentialConfig(3, 2, precision="diag")).double()
+    potential = DenoisingPotential(PotentialConfig(3, 2, covariance="diag")).double()
     found = potential_diagnostics(
         potential, torch.nn.Linear(3, 2).double(), [x0, xT], torch.zeros(200, dtype=torch.long)
     )

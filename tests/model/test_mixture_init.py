@@ -21,7 +21,7 @@ def test_kmeans_puts_centers_on_the_blob_means():
     rng = np.random.default_rng(0)
     means = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]])
     points = np.concatenate([m + 0.3 * rng.normal(size=(250, 3)) for m in means])
-    potential = DenoisingPotential(PotentialConfig(3, 4, precision="full"))
+    potential = DenoisingPotential(PotentialConfig(3, 4, covariance="full"))
     sample = points[rng.permutation(len(points))[:600]]  # the caller bounds the sample (model.init_samples)
     result = initialize_potential(potential, torch.from_numpy(sample).float(), "kmeans", seed=0)
     assert result.n_samples == 600 and result.method == "kmeans"
@@ -42,14 +42,14 @@ GAUSSIANS = {
 }
 
 
-@pytest.mark.parametrize("precision", sorted(GAUSSIANS))
-def test_gmm_recovers_known_gaussians(precision):
+@pytest.mark.parametrize("covariance", sorted(GAUSSIANS))
+def test_gmm_recovers_known_gaussians(covariance):
     rng = np.random.default_rng(1)
     means, weights, n = np.array([[0.0, 0, 0], [6, 6, 0]]), np.array([0.3, 0.7]), 20000
-    covs = GAUSSIANS[precision]
+    covs = GAUSSIANS[covariance]
     labels = rng.choice(2, size=n, p=weights)
     points = np.stack([rng.multivariate_normal(means[k], covs[k]) for k in labels])
-    potential = DenoisingPotential(PotentialConfig(3, 2, precision=precision)).double()
+    potential = DenoisingPotential(PotentialConfig(3, 2, covariance=covariance)).double()
     initialize_potential(potential, torch.from_numpy(points), "gmm", seed=0)
     order = match_rows(potential.mu.detach().numpy(), means)
     np.testing.assert_allclose(potential.mu.detach().numpy()[order], means, atol=0.05)
@@ -73,13 +73,13 @@ def test_gmm_lowrank_recovers_isotropic_plus_rank_one_precision():
     v = np.array([1.0, 2.0, 0.0, -1.0])
     precision = 2.0 * np.eye(4) + np.outer(v, v)
     points = rng.multivariate_normal(np.zeros(4), np.linalg.inv(precision), size=40000)
-    potential = DenoisingPotential(PotentialConfig(4, 1, precision="lowrank", rank=1)).double()
+    potential = DenoisingPotential(PotentialConfig(4, 1, covariance="lowrank", rank=1)).double()
     initialize_potential(potential, torch.from_numpy(points), "gmm", seed=0)
     np.testing.assert_allclose(potential.precision_matrices().detach().numpy()[0], precision, atol=0.15)
 
 
 def test_more_components_than_samples_is_a_clear_error():
-    potential = DenoisingPotential(PotentialConfig(2, 50, precision="full"))
+    potential = DenoisingPotential(PotentialConfig(2, 50, covariance="full"))
     with pytest.raises(ValueError, match="n_components=50 exceeds the 20 feature vectors"):
         initialize_potential(potential, torch.randn(20, 2), "kmeans")
     with pytest.raises(ValueError, match="init='spectral' is not allowed; choose one of: kmeans, gmm"):
@@ -90,14 +90,14 @@ def test_same_seed_same_centers():
     features = torch.randn(500, 5)
     centers = []
     for _ in range(2):
-        potential = DenoisingPotential(PotentialConfig(5, 6, precision="full"))
+        potential = DenoisingPotential(PotentialConfig(5, 6, covariance="full"))
         initialize_potential(potential, features, "kmeans", seed=3)
         centers.append(potential.mu.detach().clone())
     assert torch.equal(*centers)
 
 
 def test_initialize_centers_from_features():
-    potential = DenoisingPotential(PotentialConfig(16, 5, precision="full"))
+    potential = DenoisingPotential(PotentialConfig(16, 5, covariance="full"))
     features = torch.cat([torch.full((30, 16), float(v)) for v in range(5)]) + 0.01 * torch.randn(150, 16)
     result = initialize_potential(potential, features[::3], "kmeans", seed=0)
     assert result.n_samples == 50
@@ -112,7 +112,7 @@ def test_kmeans_sets_precisions_from_cluster_spread_and_weights_from_sizes():
     points = np.vstack(
         [rng.normal([-20.0, 0.0], stds[0], (sizes[0], 2)), rng.normal([20.0, 0.0], stds[1], (sizes[1], 2))]
     )
-    potential = DenoisingPotential(PotentialConfig(2, 2, precision="diag")).double()
+    potential = DenoisingPotential(PotentialConfig(2, 2, covariance="diag")).double()
     initialize_potential(potential, torch.from_numpy(points), "kmeans", seed=0)
     order = potential.mu[:, 0].argsort()
     precision = potential.precision_diag.detach()[order] ** 2
@@ -123,10 +123,10 @@ def test_kmeans_sets_precisions_from_cluster_spread_and_weights_from_sizes():
     np.testing.assert_allclose(pi.numpy(), np.array(sizes) / sum(sizes), rtol=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["full", "lowrank", "spherical"])
-def test_kmeans_precisions_are_positive_definite_for_every_family(precision):
+@pytest.mark.parametrize("covariance", ["full", "lowrank", "spherical"])
+def test_kmeans_precisions_are_positive_definite_for_every_family(covariance):
     points = torch.randn(600, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
-    potential = DenoisingPotential(PotentialConfig(4, 3, precision=precision, rank=2)).double()
+    potential = DenoisingPotential(PotentialConfig(4, 3, covariance=covariance, rank=2)).double()
     initialize_potential(potential, points, "kmeans", seed=0)
     eigenvalues = torch.linalg.eigvalsh(potential.precision_matrices().detach())
     assert (eigenvalues > 0).all() and eigenvalues.max() < 1e3
@@ -135,13 +135,13 @@ def test_kmeans_precisions_are_positive_definite_for_every_family(precision):
 def test_step_limit_caps_eta_times_the_largest_precision_eigenvalue():
     points = torch.randn(500, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.01
     potential = DenoisingPotential(
-        PotentialConfig(3, 2, n_steps=3, precision="diag", init_step_size=0.5)
+        PotentialConfig(3, 2, n_steps=3, covariance="diag", init_step_size=0.5)
     ).double()
     initialize_potential(potential, points, "kmeans", seed=0, step_limit=1.0)
     lam = torch.linalg.eigvalsh(potential.precision_matrices().detach()).max()
     assert float(potential.step_sizes().detach().max() * lam) == pytest.approx(1.0)
     loose = DenoisingPotential(
-        PotentialConfig(3, 2, n_steps=3, precision="diag", init_step_size=1e-6)
+        PotentialConfig(3, 2, n_steps=3, covariance="diag", init_step_size=1e-6)
     ).double()
     initialize_potential(loose, points, "kmeans", seed=0, step_limit=1.0)
     assert float(loose.step_sizes().detach().max()) == pytest.approx(1e-6)  # already stable: left alone

@@ -1,21 +1,19 @@
-"""FullArchitecture: shapes on every supported image size, per-step logits, and gradient flow."""
+"""DPNClassifier: shapes on every supported image size, per-step logits, and gradient flow."""
 
 import pytest
 import torch
 
 from dpn_lab.model.extractors import build_extractor
-from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.network import DPNClassifier
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 
 
-def make_model(
-    extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled"
-) -> FullArchitecture:
+def make_model(extractor: str, input_shape, n_steps: int = 3, grad_mode: str = "unrolled") -> DPNClassifier:
     torch.manual_seed(0)
     potential = DenoisingPotential(
-        PotentialConfig(16, 5, n_steps=n_steps, grad_mode=grad_mode, precision="full")
+        PotentialConfig(16, 5, n_steps=n_steps, grad_mode=grad_mode, covariance="full")
     )
-    return FullArchitecture(build_extractor(extractor, input_shape, 16), potential, n_classes=10)
+    return DPNClassifier(build_extractor(extractor, input_shape, 16), potential, n_classes=10)
 
 
 @pytest.mark.parametrize("extractor", ["mlp", "cnn"])
@@ -45,7 +43,7 @@ def test_cnn_rejects_flat_input_shapes():
         build_extractor("resnet", (1, 8, 8), 16)
 
 
-def extractor_gradient_norm(model: FullArchitecture) -> float:
+def extractor_gradient_norm(model: DPNClassifier) -> float:
     images = torch.rand(8, 1, 8, 8)
     torch.nn.functional.cross_entropy(model(images), torch.arange(8)).backward()
     return sum(float(p.grad.abs().sum()) for p in model.extractor.parameters() if p.grad is not None)

@@ -8,21 +8,22 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from dpn_lab.model.options import PRECISIONS
+from dpn_lab.model.mixture_init import cap_step_size
+from dpn_lab.model.options import COVARIANCES
 from dpn_lab.model.potential import DenoisingPotential, NonFiniteRefinementError, PotentialConfig
 
 D, K = 4, 3
-# every precision, and lowrank with rank 3 > D/2, which runs in precision form like full
-FORMS = [(p, 2) for p in PRECISIONS] + [("lowrank", 3)]
+# every covariance, and lowrank with rank 3 > D/2, which runs in covariance form like full
+FORMS = [(p, 2) for p in COVARIANCES] + [("lowrank", 3)]
 
 
 def random_potential(
-    precision: str, n_steps: int = 3, seed: int = 0, rank: int = 2, **kwargs
+    covariance: str, n_steps: int = 3, seed: int = 0, rank: int = 2, **kwargs
 ) -> DenoisingPotential:
     """A float64 potential with every parameter randomised away from its initial value."""
     torch.manual_seed(seed)
     module = DenoisingPotential(
-        PotentialConfig(D, K, n_steps=n_steps, precision=precision, rank=rank, **kwargs)
+        PotentialConfig(D, K, n_steps=n_steps, covariance=covariance, rank=rank, **kwargs)
     ).double()
     with torch.no_grad():
         module.c.normal_(0, 0.5)
@@ -46,9 +47,9 @@ def numpy_precisions(module: DenoisingPotential) -> np.ndarray:
     return P
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_potential_is_the_mixture_log_density(precision):
-    module = random_potential(precision)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_potential_is_the_mixture_log_density(covariance):
+    module = random_potential(covariance)
     P = numpy_precisions(module)
     log_pi = np.log([0.2, 0.5, 0.3])
     # With c_i = log pi_i + 1/2 log det P_i - D/2 log 2pi, phi is exactly log sum_i pi_i N(x; mu_i, P_i^-1).
@@ -64,9 +65,9 @@ def test_potential_is_the_mixture_log_density(precision):
     np.testing.assert_allclose(phi, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_precision_and_covariance_accessors(precision):
-    module = random_potential(precision)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_precision_and_covariance_accessors(covariance):
+    module = random_potential(covariance)
     P = numpy_precisions(module)
     np.testing.assert_allclose(module.precision_matrices().detach().numpy(), P, rtol=1e-12)
     np.testing.assert_allclose(module.covariance_matrices().detach().numpy(), np.linalg.inv(P), rtol=1e-8)
@@ -74,9 +75,9 @@ def test_precision_and_covariance_accessors(precision):
     np.testing.assert_allclose(module.weights().detach().numpy(), np.exp(c) / np.exp(c).sum(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_responsibilities_match_explicit_quadratic_forms(precision):
-    module = random_potential(precision)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_responsibilities_match_explicit_quadratic_forms(covariance):
+    module = random_potential(covariance)
     P = numpy_precisions(module)
     x = np.random.default_rng(2).normal(size=(5, D))
     diff = x[:, None, :] - module.mu.detach().numpy()[None]
@@ -87,9 +88,9 @@ def test_responsibilities_match_explicit_quadratic_forms(precision):
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_closed_form_gradient_equals_autograd_and_explicit_formula(precision):
-    module = random_potential(precision)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_closed_form_gradient_equals_autograd_and_explicit_formula(covariance):
+    module = random_potential(covariance)
     x = torch.randn(6, D, dtype=torch.float64)
     closed = module.compute_gradient(x)
     module.gradient_impl = "autograd"
@@ -106,14 +107,13 @@ def test_closed_form_gradient_equals_autograd_and_explicit_formula(precision):
 @pytest.mark.parametrize(
     "gradient_impl, checkpoint_steps", [("closed_form", False), ("closed_form", True), ("autograd", False)]
 )
-@pytest.mark.parametrize("precision, rank", FORMS)
-def test_gradcheck_through_the_unrolled_ascent(precision, rank, gradient_impl, checkpoint_steps):
+@pytest.mark.parametrize("covariance, rank", FORMS)
+def test_gradcheck_through_the_unrolled_ascent(covariance, rank, gradient_impl, checkpoint_steps):
     module = random_potential(
-        precision,
+        covariance,
         n_steps=3,
         rank=rank,
         gradient_impl=gradient_impl,
-        step_size="per_step",
         checkpoint_steps=checkpoint_steps,
     )
     names = [n for n, _ in module.named_parameters()]
@@ -141,9 +141,9 @@ def test_checkpointed_steps_give_the_same_gradients(gradient_impl):
         torch.testing.assert_close(plain, ckpt, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_potential_never_decreases_with_a_small_step(precision):
-    module = random_potential(precision, n_steps=40)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_potential_never_decreases_with_a_small_step(covariance):
+    module = random_potential(covariance, n_steps=40)
     module.set_step_size(0.02)
     x = 2 * torch.randn(16, D, dtype=torch.float64)
     with torch.no_grad():
@@ -194,16 +194,16 @@ def test_detach_trains_only_through_the_last_step():
     torch.testing.assert_close(module.precision_factor.grad, reference.precision_factor.grad)
 
 
-@pytest.mark.parametrize("precision", ["full", "diag", "spherical"])
-def test_one_step_is_the_modern_hopfield_update(precision):
+@pytest.mark.parametrize("covariance", ["full", "diag", "spherical"])
+def test_one_step_is_the_modern_hopfield_update(covariance):
     beta, n_patterns, dim = 2.5, 6, D
     torch.manual_seed(4)
-    module = DenoisingPotential(PotentialConfig(dim, n_patterns, n_steps=1, precision=precision)).double()
+    module = DenoisingPotential(PotentialConfig(dim, n_patterns, n_steps=1, covariance=covariance)).double()
     M = torch.randn(n_patterns, dim, dtype=torch.float64)
     with torch.no_grad():
         module.mu.copy_(M)
         module.c.copy_(beta / 2 * (M * M).sum(1))
-        if precision == "full":
+        if covariance == "full":
             module.precision_factor.copy_(
                 math.sqrt(beta) * torch.eye(dim, dtype=torch.float64).expand(n_patterns, dim, dim)
             )
@@ -215,69 +215,39 @@ def test_one_step_is_the_modern_hopfield_update(precision):
     torch.testing.assert_close(module(x), hopfield, rtol=0, atol=1e-10)
 
 
-def test_per_step_step_sizes_are_used_in_order():
-    module = random_potential("diag", n_steps=2, step_size="per_step")
-    with torch.no_grad():
-        module.step_size_raw.copy_(torch.tensor([0.1, 0.7], dtype=torch.float64))
-    x = torch.randn(4, D, dtype=torch.float64)
-    eta = torch.nn.functional.softplus(torch.tensor([0.1, 0.7], dtype=torch.float64))
-    x1 = x + eta[0] * module.compute_gradient(x)
-    x2 = x1 + eta[1] * module.compute_gradient(x1)
-    torch.testing.assert_close(module(x), x2, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_eigenvalue_bound_bounds_the_largest_eigenvalue(precision):
-    module = random_potential(precision, seed=7)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_eigenvalue_bound_bounds_the_largest_eigenvalue(covariance):
+    module = random_potential(covariance, seed=7)
     true_max = np.linalg.eigvalsh(numpy_precisions(module)).max()
     bound = module.precision_eigenvalue_bound().item()
     assert true_max <= bound + 1e-12
     assert bound < 5 * true_max  # a useful bound, not a vacuous one
 
 
-def test_divergence_names_the_step_and_bounding_prevents_it():
+def test_divergence_names_the_step_and_capping_the_step_prevents_it():
     module = DenoisingPotential(
-        PotentialConfig(D, K, n_steps=60, init_precision=400.0, init_step_size=0.5, precision="full")
+        PotentialConfig(D, K, n_steps=60, init_precision=400.0, init_step_size=0.5, covariance="full")
     )
     x = torch.randn(4, D)
     with pytest.raises(
         NonFiniteRefinementError, match=r"non-finite at refinement step \d+ of 60.*eta\*bound"
     ):
         module(x)
-    module.bound_step_size = True
+    cap_step_size(module, 0.25)  # what KMeansInit does with model.init_step_limit
     assert torch.isfinite(module(x)).all()
 
 
 def test_non_finite_input_blames_the_extractor():
-    module = DenoisingPotential(PotentialConfig(D, K, n_steps=2, precision="full"))
+    module = DenoisingPotential(PotentialConfig(D, K, n_steps=2, covariance="full"))
     with pytest.raises(NonFiniteRefinementError, match="input features are not finite"):
         module(torch.full((2, D), float("nan")))
-
-
-def test_langevin_noise_only_in_training():
-    module = random_potential("diag", n_steps=3, langevin_temperature=0.5)
-    x = torch.randn(4, D, dtype=torch.float64)
-    module.eval()
-    torch.testing.assert_close(module(x), module(x))
-    module.train()
-    assert not torch.allclose(module(x), module(x))
-    # the injected noise has the stated variance 2 * eta * tau per step (one step, zero potential slope)
-    single = DenoisingPotential(
-        PotentialConfig(D, 1, n_steps=1, precision="spherical", langevin_temperature=0.5)
-    ).double()
-    with torch.no_grad():
-        single.precision_diag.zero_()
-    single.set_step_size(0.2)
-    with torch.no_grad():
-        noise = single(torch.zeros(20000, D, dtype=torch.float64))
-    assert abs(noise.var().item() - 2 * 0.2 * 0.5) < 0.01
 
 
 def test_same_seed_same_module_and_output():
     outputs = []
     for _ in range(2):
         torch.manual_seed(11)
-        module = DenoisingPotential(PotentialConfig(D, K, n_steps=3, precision="lowrank", rank=2))
+        module = DenoisingPotential(PotentialConfig(D, K, n_steps=3, covariance="lowrank", rank=2))
         outputs.append(module(torch.randn(3, D)))
     assert torch.equal(*outputs)
 
@@ -286,19 +256,23 @@ def test_same_seed_same_module_and_output():
     "kwargs, message",
     [
         (
-            {"precision": "dense"},
-            "precision='dense' is not allowed; choose one of: full, diag, spherical, lowrank",
+            {"covariance": "dense"},
+            "covariance='dense' is not allowed; choose one of: full, diag, spherical, lowrank",
         ),
         ({"grad_mode": "truncated"}, "grad_mode='truncated' is not allowed; choose one of: unrolled, detach"),
         ({"gradient_impl": "fd"}, "gradient_impl='fd' is not allowed; choose one of: closed_form, autograd"),
-        ({"step_size": "cosine"}, "step_size='cosine' is not allowed; choose one of: shared, per_step"),
-        ({"n_steps": -1}, "n_steps=-1 must be an integer >= 0"),
-        ({"precision": "lowrank", "rank": 9}, "rank=9 must be between 1 and feature_dim=4"),
+        ({"n_steps": -1}, "n_steps=-1 is out of range: must be an integer >= 0"),
+        ({"n_components": 2.5}, "n_components=2.5 has the wrong type: must be an integer >= 1"),
+        ({"init_step_size": 0.0}, "init_step_size=0.0 is out of range: must be a number > 0"),
+        (
+            {"covariance": "lowrank", "rank": 9},
+            "rank=9 is out of range: must be <= feature_dim=4 for covariance=lowrank",
+        ),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        PotentialConfig(**{"feature_dim": D, "n_components": K, "precision": "full", **kwargs})
+        PotentialConfig(**{"feature_dim": D, "n_components": K, "covariance": "full", **kwargs})
 
 
 def test_wide_factors_run_in_precision_form():
@@ -313,20 +287,19 @@ def test_wide_factors_run_in_precision_form():
 
 
 @pytest.mark.parametrize("checkpoint_steps", [False, True])
-@pytest.mark.parametrize("precision, rank", FORMS)
-def test_the_fused_ascent_equals_autograd_step_by_step(precision, rank, checkpoint_steps):
+@pytest.mark.parametrize("covariance, rank", FORMS)
+def test_the_fused_ascent_equals_autograd_step_by_step(covariance, rank, checkpoint_steps):
     """closed_form + unrolled runs all steps as one node; autograd builds every step's graph. The loss reads
-    every state (as step supervision does), so each state's own gradient enters too."""
+    every state, so each state's own gradient enters too."""
     x0 = torch.randn(40, D, dtype=torch.float64)
     weights = torch.randn(5, 40, D, dtype=torch.float64)
     results = []
     for gradient_impl in ("closed_form", "autograd"):
         module = random_potential(
-            precision,
+            covariance,
             n_steps=4,
             rank=rank,
             gradient_impl=gradient_impl,
-            step_size="per_step",
             checkpoint_steps=checkpoint_steps,
         )
         x = x0.clone().requires_grad_(True)
@@ -337,13 +310,13 @@ def test_the_fused_ascent_equals_autograd_step_by_step(precision, rank, checkpoi
         torch.testing.assert_close(fused, reference, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("precision, rank", [("full", 2), ("diag", 2), ("lowrank", 2)])
-def test_under_bf16_autocast_the_mixture_runs_in_float32(precision, rank):
+@pytest.mark.parametrize("covariance, rank", [("full", 2), ("diag", 2), ("lowrank", 2)])
+def test_under_bf16_autocast_the_mixture_runs_in_float32(covariance, rank):
     """bf16-mixed (CPU autocast here, CUDA on a GPU): the refinement takes the extractor's bf16 features,
     computes in float32 and returns float32 states equal to the float32 computation on the same features;
     the Functions' gradients come back in the parameters' dtype."""
     torch.manual_seed(0)
-    module = DenoisingPotential(PotentialConfig(8, 5, n_steps=3, precision=precision, rank=rank))
+    module = DenoisingPotential(PotentialConfig(8, 5, n_steps=3, covariance=covariance, rank=rank))
     with torch.no_grad():
         module.c.normal_(0, 0.5)
     features = torch.randn(16, 8).bfloat16()

@@ -13,10 +13,10 @@ def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("precision", ["full", "diag", "spherical", "lowrank"])
+@pytest.mark.parametrize("covariance", ["full", "diag", "spherical", "lowrank"])
 @pytest.mark.parametrize("dim, components", [(32, 16), (64, 32), (16, 8), (32, 4)])
-def test_the_control_has_the_potentials_parameter_count_to_half_a_hidden_unit(precision, dim, components):
-    potential = DenoisingPotential(PotentialConfig(dim, components, n_steps=5, precision=precision))
+def test_the_control_has_the_potentials_parameter_count_to_half_a_hidden_unit(covariance, dim, components):
+    potential = DenoisingPotential(PotentialConfig(dim, components, n_steps=5, covariance=covariance))
     width = matched_width(count(potential), dim)
     control = ResidualMLP(dim, width)
     assert count(control) == width * (2 * dim + 1) + dim  # the docstring's formula
@@ -27,7 +27,7 @@ def test_the_control_has_the_potentials_parameter_count_to_half_a_hidden_unit(pr
 
 def test_the_comparisons_configurations_are_matched_within_5_percent():
     for dim, components in ((32, 16), (64, 32)):  # digits and mnist5k, diag precision
-        potential = DenoisingPotential(PotentialConfig(dim, components, n_steps=5, precision="diag"))
+        potential = DenoisingPotential(PotentialConfig(dim, components, n_steps=5, covariance="diag"))
         control = ResidualMLP(dim, matched_width(count(potential), dim))
         assert abs(count(control) - count(potential)) <= 0.05 * count(potential)
 
@@ -48,7 +48,7 @@ def test_a_control_model_refines_by_its_mlp_and_leaves_its_potential_idle():
     matched = count(
         DenoisingPotential(
             PotentialConfig(
-                **{k: model.hparams[k] for k in ("feature_dim", "n_components", "n_steps", "precision")}
+                **{k: model.hparams[k] for k in ("feature_dim", "n_components", "n_steps", "covariance")}
             )
         )
     )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import run_in_process
-from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.network import DPNClassifier
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 from dpn_lab.robustness.attacks import _black_box_check, adversarial_copy, adversarial_rows, attacked
 
@@ -32,9 +32,9 @@ def config(**overrides) -> dict:
     return {**base, **overrides}
 
 
-def linear_network(w: torch.Tensor, b: float) -> FullArchitecture:
+def linear_network(w: torch.Tensor, b: float) -> DPNClassifier:
     """Two classes, logit difference w.x + b: the features are the pixels and nothing refines them."""
-    net = FullArchitecture(nn.Flatten(), DenoisingPotential(PotentialConfig(D, 2, n_steps=0)), 2)
+    net = DPNClassifier(nn.Flatten(), DenoisingPotential(PotentialConfig(D, 2, n_steps=0)), 2)
     with torch.no_grad():
         net.classifier.weight.copy_(torch.stack([-w / 2, w / 2]))
         net.classifier.bias.copy_(torch.tensor([-b / 2, b / 2]))
@@ -82,7 +82,7 @@ def test_eps_zero_is_the_clean_accuracy_of_the_subset():
 
 def test_bpda_back_propagates_through_the_extractor_and_read_out_only():
     torch.manual_seed(0)
-    net = FullArchitecture(
+    net = DPNClassifier(
         nn.Sequential(nn.Flatten(), nn.Linear(D, 8), nn.Tanh()),
         DenoisingPotential(PotentialConfig(8, 3, n_steps=3)),
         4,
@@ -96,18 +96,6 @@ def test_bpda_back_propagates_through_the_extractor_and_read_out_only():
     torch.testing.assert_close(grad_bpda, skipping)
     (grad_full,) = torch.autograd.grad(full(images)[:, 1].sum(), images)
     assert not torch.allclose(grad_full, grad_bpda)  # the refinement does shape the exact gradient
-
-
-def test_the_refinement_is_deterministic_in_eval_mode_even_with_langevin_noise():
-    torch.manual_seed(0)
-    net = FullArchitecture(
-        nn.Flatten(), DenoisingPotential(PotentialConfig(D, 3, n_steps=3, langevin_temperature=0.5)), 4
-    )
-    images = torch.rand(6, 1, 4, 4)
-    net.eval()
-    torch.testing.assert_close(net(images), net(images))  # so no expectation over draws (EOT) is needed
-    net.train()
-    assert not torch.allclose(net(images), net(images))
 
 
 def test_a_model_the_gradient_cannot_move_is_marked_by_the_masking_check():
@@ -221,7 +209,7 @@ def test_a_dpn_trained_on_adversarial_pairs_attacks_itself_and_keeps_its_mode():
 @pytest.mark.slow  # AutoAttack's four attacks: ~7 s on 40 images of a linear model
 def test_autoattack_finds_the_exact_robust_accuracy_of_a_ten_class_linear_model_and_pgd_no_less():
     torch.manual_seed(0)
-    net = FullArchitecture(nn.Flatten(), DenoisingPotential(PotentialConfig(D, 2, n_steps=0)), 10).eval()
+    net = DPNClassifier(nn.Flatten(), DenoisingPotential(PotentialConfig(D, 2, n_steps=0)), 10).eval()
     images = 0.2 + 0.6 * torch.rand(40, 1, 4, 4)
     with torch.no_grad():
         labels = net(images).argmax(1)

@@ -41,7 +41,7 @@ BAD = [
         ["~model.n_components"],
         "~model.n_components: only a callback, a logger or an optimizer/scheduler argument can be removed",
     ),
-    (["++model.bogus=1"], "model.bogus is not a model option; the options are: extractor,"),
+    (["++model.bogus=1"], "model.bogus is not a model option; the options are: feature_dim, n_components,"),
     (["+model.bogus=1"], "model.bogus is not a model option"),
     (["--bogus"], "unrecognized argument: --bogus; the flags are: --cfg,"),
     (["-cn", "nope"], "--config-name=nope is not a config; the commands' configs are: analyze, eval, train"),

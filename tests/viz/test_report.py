@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dpn_lab.model.extractors import build_extractor
-from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.network import DPNClassifier
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 from dpn_lab.viz.report import write_figures
 
@@ -39,15 +39,15 @@ def assert_png_shows_something(path):
 
 def small_model(input_shape, n_steps=3):
     torch.manual_seed(0)
-    potential = DenoisingPotential(PotentialConfig(8, 4, n_steps=n_steps, precision="full"))
+    potential = DenoisingPotential(PotentialConfig(8, 4, n_steps=n_steps, covariance="full"))
     extractor = "cnn" if len(input_shape) == 3 else "mlp"
-    return FullArchitecture(build_extractor(extractor, input_shape, 8), potential, n_classes=3)
+    return DPNClassifier(build_extractor(extractor, input_shape, 8), potential, n_classes=3)
 
 
 def test_one_dimensional_features_are_drawn_on_a_line(tmp_path):
     torch.manual_seed(0)
-    potential = DenoisingPotential(PotentialConfig(1, 4, n_steps=3, precision="diag"))
-    model = FullArchitecture(build_extractor("cnn", (1, 8, 8), 1), potential, 3)
+    potential = DenoisingPotential(PotentialConfig(1, 4, n_steps=3, covariance="diag"))
+    model = DPNClassifier(build_extractor("cnn", (1, 8, 8), 1), potential, 3)
     written = write_figures(model, torch.rand(90, 1, 8, 8), torch.arange(90) % 3, 3, None, tmp_path, "t", 10)
     assert set(written) == {"prototypes", "feature_map", "trajectories", "covariance"}
     for path in written.values():

@@ -55,8 +55,9 @@ class CNNExtractor(nn.Module):
     pool: `avg` (global average pooling: one architecture for any image size, and every feature averages
         over the whole image, background included) or `flatten` (the last maps flattened: features keep
         where a stroke is).
-    Measured on MNIST-5k (README, Robustness): BatchNorm + average pooling collapses under faint Gaussian
-    noise; GroupNorm + flatten keeps its accuracy, hence the defaults in conf/model/dpn.yaml.
+    GroupNorm + flatten, the defaults here (`model.extractor_kwargs` is empty in conf/model/dpn.yaml), were
+    chosen on validation data on 2026-11-28, when BatchNorm + average pooling (`recipe=classic`) lost its
+    accuracy under faint Gaussian noise (CHANGELOG).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""DPNLitModule: training, validation and test of a FullArchitecture under Lightning."""
+"""DPNLitModule: training, validation and test of a DPNClassifier under Lightning."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.errors import DivergenceError, NonFiniteRefinementError, choice_error
 from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
 from dpn_lab.model.extractors import build_extractor, extractor_arguments
-from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.network import DPNClassifier
 from dpn_lab.model.options import REFINEMENTS
 from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
 from dpn_lab.model.residual_control import ResidualMLP, matched_width
@@ -39,14 +39,10 @@ def consistency(corrupted: Tensor, clean: Tensor) -> Tensor:
 
 
 class DPNLitModule(L.LightningModule):
-    """Cross-entropy on the refined features' logits, plus optional per-step and auxiliary terms.
+    """Cross-entropy on the refined features' logits, plus an optional consistency term.
 
-    loss = CE(logits of x_T) + step_supervision * mean_{t=1..T-1} CE(logits of x_t)
-           + aux_loss_weight * CE(logits of x_0)
-           + consistency_weight * |x_T(corrupted) - stopgrad x_0(clean)|^2 / max(var x_0(clean), floor)
+    loss = CE(logits of x_T) + consistency_weight * |x_T(corrupted) - stopgrad x_0(clean)|^2 / max(var x_0(clean), floor)
 
-    `step_supervision` trains every refinement step directly (and the extractor through step 0 even with
-    grad_mode=detach); `aux_loss_weight` keeps the unrefined features classifiable on their own.
     `noise_pairs` ({kind, severity} of dpn_lab.data.corruption, or None) trains every batch on its clean and
     its corrupted copy (the CE terms cover both); a kind of dpn_lab.robustness.attacks (e.g. {kind: pgd_linf,
     severity: 0.2, steps: 5}) makes the copy an attack on the current network, through the refinement. The
@@ -71,8 +67,6 @@ class DPNLitModule(L.LightningModule):
         extractor_kwargs: dict[str, Any] | None = None,
         init: str = "kmeans",
         init_samples: int = 2000,
-        step_supervision: float = 0.0,
-        aux_loss_weight: float = 0.0,
         noise_pairs: dict[str, Any] | None = None,
         consistency_weight: float = 0.0,
         center_update: str = "none",
@@ -117,34 +111,25 @@ class DPNLitModule(L.LightningModule):
         self._log_every = 1  # the trainer's log_every_n_steps, read when training starts
 
     @staticmethod
-    def _network(backbone, config: PotentialConfig, n_classes: int, refinement: str) -> FullArchitecture:
+    def _network(backbone, config: PotentialConfig, n_classes: int, refinement: str) -> DPNClassifier:
         if refinement not in REFINEMENTS:
             raise choice_error("model.refinement", refinement, REFINEMENTS)
         potential = DenoisingPotential(config)
         if refinement == "potential":
-            return FullArchitecture(backbone, potential, n_classes)
+            return DPNClassifier(backbone, potential, n_classes)
         matched = sum(p.numel() for p in potential.parameters())
         residual = ResidualMLP(config.feature_dim, matched_width(matched, config.feature_dim))
         count = sum(p.numel() for p in residual.parameters())
         log.info(f"residual_mlp control: {count:,} parameters in place of the potential's {matched:,}")
-        return FullArchitecture(backbone, DenoisingPotential(replace(config, n_steps=0)), n_classes, residual)
+        return DPNClassifier(backbone, DenoisingPotential(replace(config, n_steps=0)), n_classes, residual)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
     def _loss_and_logits(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        hp = self.hparams
         states = self.net.states(images)
         logits = self.net.classifier(states[-1])
-        loss = F.cross_entropy(logits, labels)
-        if hp.step_supervision and len(states) > 2:
-            middle = self.net.classifier(torch.stack(states[1:-1]))
-            loss = loss + hp.step_supervision * F.cross_entropy(
-                middle.flatten(0, 1), labels.repeat(len(states) - 2)
-            )
-        if hp.aux_loss_weight:
-            loss = loss + hp.aux_loss_weight * F.cross_entropy(self.net.classifier(states[0]), labels)
-        return loss, logits, states
+        return F.cross_entropy(logits, labels), logits, states
 
     @torch.no_grad()
     def _potential_gain(self, states: list[Tensor]) -> Tensor:
@@ -169,7 +154,7 @@ class DPNLitModule(L.LightningModule):
             f"training diverged at epoch {self.current_epoch}, global step {self.global_step}: {what}. Likely "
             f"cause: the learning rate (now {lr}; model.optimizer.lr sets it) or the refinement step (model.init_step_size="
             f"{hp.init_step_size}, now eta={self.net.potential.step_sizes().max().item() if self.net.potential.n_steps else 0:.4g})"
-            " is too large; lower it, or set model.bound_step_size=true. Checkpoints on disk are the last finite ones."
+            " is too large; lower it, or model.init_step_limit. Checkpoints on disk are the last finite ones."
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

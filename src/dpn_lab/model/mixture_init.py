@@ -16,7 +16,7 @@ from dpn_lab.model.options import INIT_METHODS
 from dpn_lab.model.potential import DenoisingPotential
 
 REG_COVAR = 1e-4  # added to every fitted variance: a cluster of identical points keeps a finite precision
-# The sklearn covariance family fitted for each precision family; lowrank is reduced from a full fit.
+# The sklearn covariance family fitted for each of model.covariance; lowrank is reduced from a full fit.
 _GMM_FAMILY = {"full": "full", "diag": "diag", "spherical": "spherical", "lowrank": "full"}
 
 
@@ -38,7 +38,7 @@ def _check_enough(n_components: int, n_samples: int) -> None:
 
 
 def kmeans_parameters(
-    data: np.ndarray, n_components: int, precision: str, rank: int, seed: int
+    data: np.ndarray, n_components: int, covariance: str, rank: int, seed: int
 ) -> tuple[dict[str, np.ndarray], float]:
     """k-means++ on `data` (N x D), and a Gaussian per cluster fitted to its members.
 
@@ -55,21 +55,21 @@ def kmeans_parameters(
     covariances = []
     for k in range(n_components):
         members = data[km.labels_ == k]
-        if precision in ("full", "lowrank"):
+        if covariance in ("full", "lowrank"):
             cov = LedoitWolf().fit(members).covariance_ if len(members) > 1 else np.diag(overall)
         else:
             cov = np.diag(members.var(0) if len(members) > 1 else overall)
         covariances.append(cov + REG_COVAR * np.eye(data.shape[1]))
     cov = np.stack(covariances)
     params: dict[str, np.ndarray] = {"mu": km.cluster_centers_}
-    if precision == "diag":
+    if covariance == "diag":
         params["precision_diag"] = 1 / np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    elif precision == "spherical":
+    elif covariance == "spherical":
         params["precision_diag"] = 1 / np.sqrt(np.diagonal(cov, axis1=1, axis2=2).mean(1, keepdims=True))
     else:
         P = np.linalg.inv(cov)
         chol = np.linalg.cholesky(P)  # P = chol chol^T, so A = chol^T
-        if precision == "full":
+        if covariance == "full":
             params["precision_factor"] = chol.transpose(0, 2, 1)
         else:
             params["precision_diag"], params["precision_factor"] = _lowrank_from_precision(P, rank)
@@ -92,9 +92,9 @@ def _lowrank_from_precision(P: np.ndarray, rank: int) -> tuple[np.ndarray, np.nd
 
 
 def gmm_parameters(
-    data: np.ndarray, n_components: int, precision: str, rank: int, seed: int
+    data: np.ndarray, n_components: int, covariance: str, rank: int, seed: int
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Fit sklearn's GaussianMixture (k-means start) of the family matching `precision`.
+    """Fit sklearn's GaussianMixture (k-means start) of the family matching `covariance`.
 
     Returns the potential's parameters {mu, precision_diag, precision_factor, c} (absent keys: not in the
     family) and the negative mean log-likelihood. With c_i = log pi_i + log|det A_i|, phi is the fitted
@@ -103,18 +103,18 @@ def gmm_parameters(
     _check_enough(n_components, len(data))
     gmm = GaussianMixture(
         n_components,
-        covariance_type=_GMM_FAMILY[precision],
+        covariance_type=_GMM_FAMILY[covariance],
         init_params="kmeans",
         random_state=seed,
         reg_covar=REG_COVAR,
     ).fit(data)
     chol = gmm.precisions_cholesky_  # precision = chol @ chol^T
     params: dict[str, np.ndarray] = {"mu": gmm.means_}
-    if precision == "full":
+    if covariance == "full":
         params["precision_factor"] = chol.transpose(0, 2, 1)
-    elif precision == "diag":
+    elif covariance == "diag":
         params["precision_diag"] = chol
-    elif precision == "spherical":
+    elif covariance == "spherical":
         params["precision_diag"] = chol[:, None]
     else:
         params["precision_diag"], params["precision_factor"] = _lowrank_from_precision(
@@ -143,9 +143,9 @@ def initialize_potential(
     if method not in INIT_METHODS:
         raise choice_error("init", method, INIT_METHODS)
     data = features.detach().to("cpu", torch.float64).numpy()
-    rank = potential.precision_factor.shape[1] if potential.precision == "lowrank" else 0
+    rank = potential.precision_factor.shape[1] if potential.covariance == "lowrank" else 0
     fit = kmeans_parameters if method == "kmeans" else gmm_parameters
-    params, score = fit(data, potential.n_components, potential.precision, rank, seed)
+    params, score = fit(data, potential.n_components, potential.covariance, rank, seed)
 
     def assign(param: torch.nn.Parameter, value: np.ndarray) -> None:
         param.copy_(torch.as_tensor(value).reshape(param.shape))

@@ -1,4 +1,5 @@
-"""The paper's FullArchitecture: feature extractor -> DenoisingPotential -> linear classifier."""
+"""DPNClassifier, the network the DPN paper calls its full architecture: feature extractor ->
+DenoisingPotential -> linear classifier."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import Tensor, nn
 from dpn_lab.model.potential import DenoisingPotential
 
 
-class FullArchitecture(nn.Module):
+class DPNClassifier(nn.Module):
     """Classifies images by the linear read-out of their refined features.
 
     With n_steps = 0 the potential never touches the output, so its parameters are frozen: an optimizer

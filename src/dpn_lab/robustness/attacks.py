@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where it is used: validation reads ATTACKS before torch loads
     from torch import Tensor, nn
 
-    from dpn_lab.model.network import FullArchitecture
+    from dpn_lab.model.network import DPNClassifier
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ ATTACK_COLUMNS = ("attack", "eps", "gradient", "accuracy", "n", "check")
 CHANCE_MARGIN, AGREEMENT = 0.05, 0.02  # masking checks (a) and (b, c)
 
 
-def attacked(net: FullArchitecture, gradient: str) -> nn.Module:
+def attacked(net: DPNClassifier, gradient: str) -> nn.Module:
     """images -> logits of `net`, whose refinement back-propagates exactly (`full`) or as the identity
     (`bpda`: x_T = x_0 + stopgrad(x_T - x_0))."""
     from torch import nn
@@ -130,7 +130,7 @@ def robust_accuracy(
 
 
 def adversarial_copy(
-    net: FullArchitecture, spec: Mapping[str, Any], images: Tensor, labels: Tensor, seed: int
+    net: DPNClassifier, spec: Mapping[str, Any], images: Tensor, labels: Tensor, seed: int
 ) -> Tensor:
     """The adversarial pair of a training batch (model.noise_pairs={kind: pgd_linf, severity: eps, steps: k}):
     the attack against the current network, through the refinement, with PGD's random start drawn from
@@ -161,7 +161,7 @@ def attack_subset(n_total: int, n: int, seed: int) -> Tensor:
 
 
 def adversarial_rows(
-    net: FullArchitecture, inputs: Tensor, labels: Tensor, cfg: Mapping[str, Any], n_classes: int
+    net: DPNClassifier, inputs: Tensor, labels: Tensor, cfg: Mapping[str, Any], n_classes: int
 ) -> list[dict[str, Any]]:
     """One row (ATTACK_COLUMNS) per (attack, eps, gradient), a `worst` row per white-box (attack, eps) and
     the masking-check row, with each failed check named in `check`."""
@@ -273,7 +273,7 @@ MARKS = (
 
 
 def report_attacks(
-    net: FullArchitecture, datamodule, eval_cfg, n_classes: int, directory: Path, loggers: Sequence = ()
+    net: DPNClassifier, datamodule, eval_cfg, n_classes: int, directory: Path, loggers: Sequence = ()
 ) -> dict[str, float]:
     """Attack the `eval.split` images: files, W&B table and plot, a printed table, and the metrics."""
     from pytorch_lightning.loggers import WandbLogger

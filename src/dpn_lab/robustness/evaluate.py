@@ -17,7 +17,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.model.inference import in_chunks
-from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.network import DPNClassifier
 from dpn_lab.viz.plots import accuracy_plot, reliability_diagram, save_figure, steps_plot, uncertainty_plot
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def corrupted(inputs: Tensor, kind: str, severity: float, seed: int) -> Tensor:
     return corrupt(inputs, kind, severity, seeded_generator("eval", seed, kind, float(severity)))
 
 
-def dpn_outputs(net: FullArchitecture, inputs: Tensor) -> dict[str, Tensor]:
+def dpn_outputs(net: DPNClassifier, inputs: Tensor) -> dict[str, Tensor]:
     """Per input: the features x_0, the logits and predicted label, phi(x_0), phi(x_T), |x_T - x_0| and the
     maximum softmax probability."""
 
@@ -147,7 +147,7 @@ def robustness_rows(
 
 @torch.no_grad()
 def steps_rows(
-    net: FullArchitecture,
+    net: DPNClassifier,
     inputs: Tensor,
     labels: Tensor,
     levels: Mapping[str, Sequence[float]],
@@ -238,7 +238,7 @@ def write_steps(rows: list[dict], directory: Path, figures: bool) -> dict[str, P
 
 
 def evaluate_and_report(
-    net: FullArchitecture, datamodule, eval_cfg, directory: Path, loggers: Sequence = ()
+    net: DPNClassifier, datamodule, eval_cfg, directory: Path, loggers: Sequence = ()
 ) -> list[dict]:
     """Rows for every corruption in eval_cfg (corruptions, levels, seed) on the datamodule's `eval.split`
     (test by default; val to choose settings without looking at the test set).

@@ -27,7 +27,7 @@ import pandas as pd
 
 from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.evaluate import COLUMNS
-from dpn_lab.runs.result import read_result
+from dpn_lab.runs.outcome import read_result
 
 RUN_COLUMNS = ("job", "recipe", "variant", "seed", "split", "axis", "kind", "level", "metric", "value", "n")
 SEED_KEYS = ("seed", "data.split_seed")  # what pairs the models of a comparison

@@ -33,7 +33,7 @@ from dpn_lab.data.sources import SOURCES
 if TYPE_CHECKING:  # torch is imported where it is used: validation reads OOD_SETS before torch loads
     from torch import Tensor
 
-    from dpn_lab.model.network import FullArchitecture
+    from dpn_lab.model.network import DPNClassifier
 
 log = logging.getLogger(__name__)
 OOD_SETS = ("uniform_noise", "permuted", "other_digits", "held_out_classes")
@@ -101,7 +101,7 @@ class Mahalanobis:
         return torch.cdist(features.double() @ self.whiten.T, self.means @ self.whiten.T).pow(2).min(1).values
 
 
-def ood_scores(net: FullArchitecture, inputs: Tensor, mahalanobis: Mahalanobis) -> dict[str, Tensor]:
+def ood_scores(net: DPNClassifier, inputs: Tensor, mahalanobis: Mahalanobis) -> dict[str, Tensor]:
     """SCORES of every input, higher for more out of distribution."""
     from dpn_lab.robustness.evaluate import dpn_outputs
 
@@ -142,7 +142,7 @@ def ood_inputs(ood_set: str, datamodule, split: str, seed: int) -> Tensor:
     return F.interpolate(images, size=tuple(inputs.shape[-2:]), mode="bilinear", antialias=True).clamp(0, 1)
 
 
-def ood_rows(net: FullArchitecture, datamodule, eval_cfg) -> list[dict[str, Any]]:
+def ood_rows(net: DPNClassifier, datamodule, eval_cfg) -> list[dict[str, Any]]:
     """One row (OOD_COLUMNS) per (set in eval.ood, score) against the `eval.split` images."""
     from dpn_lab.errors import DataError
     from dpn_lab.model.inference import in_chunks
@@ -187,7 +187,7 @@ def write_ood(rows: list[dict[str, Any]], directory: Path, figures: bool) -> dic
     return paths
 
 
-def report_ood(net: FullArchitecture, datamodule, eval_cfg, directory: Path, loggers: Sequence = ()) -> dict:
+def report_ood(net: DPNClassifier, datamodule, eval_cfg, directory: Path, loggers: Sequence = ()) -> dict:
     """OOD detection of the tested weights: files, W&B table and plot, a printed table, the metrics."""
     from pytorch_lightning.loggers import WandbLogger
 

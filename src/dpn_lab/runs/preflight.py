@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dpn_lab.config import CONF_DIR, validate_config
 from dpn_lab.errors import ConfigError
+from dpn_lab.model.retired_options import command_line_message
 from dpn_lab.runs.lock import check_run_directory_free, is_ddp_child
 from dpn_lab.runs.resolvers import register_resolvers
 
@@ -157,6 +158,9 @@ def concrete_overrides(overrides: list[str]) -> list[str]:
         key = override.get_key_element()
         if not key.lstrip("+~"):
             raise ConfigError(f"{override.input_line}: an override needs a key, e.g. model.n_components=5")
+        retired = command_line_message(key)
+        if retired:
+            raise ConfigError(f"{override.input_line}: {retired}")
         if override.is_delete() and not key.lstrip("~").startswith(DELETABLE):
             raise ConfigError(
                 f"{override.input_line}: only a callback, a logger or an optimizer/scheduler argument can be "

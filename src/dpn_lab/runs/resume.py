@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dpn_lab.data.registry import IMPORT_KEY, parse_data_record
 from dpn_lab.errors import ConfigError
+from dpn_lab.model.retired_options import current_options
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def config_fingerprint(cfg: DictConfig, source: str = "data") -> str:
         part["data"] = {"name": data_class.config_name, "args": args}
     if cfg.get("model") is not None:
         model = OmegaConf.to_container(cfg.model, resolve=False)
-        part["model"] = {k: v for k, v in model.items() if k != IMPORT_KEY}
+        part["model"] = {k: v for k, v in current_options(model, source).items() if k != IMPORT_KEY}
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dpn_lab.runs.result import read_result
+from dpn_lab.runs.outcome import read_result
 
 log = logging.getLogger(__name__)
 METRICS = ("test/acc", "test/loss", "val/acc_best", "test/potential_gain")

@@ -26,8 +26,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from dpn_lab.errors import ConfigError, DataError, DivergenceError, NonFiniteRefinementError, RunInterrupted
 from dpn_lab.runs import sweep_summary
 from dpn_lab.runs.lock import hold_run_directory, is_ddp_child
+from dpn_lab.runs.outcome import earlier_result, format_summary, same_job, write_result
 from dpn_lab.runs.preflight import preflight, wants_traceback
-from dpn_lab.runs.result import earlier_result, format_summary, same_job, write_result
 from dpn_lab.runs.wandb_setup import finish_wandb, name_runs_by_sweep
 
 # Mistakes a user can act on (the package's own error types, which every validation raises): their line is

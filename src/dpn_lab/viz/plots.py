@@ -218,7 +218,7 @@ def training_curves(history: dict[str, list[tuple[int, float]]]) -> Figure:
     panels = [
         ("loss", ["train/loss", "val/loss"]),
         ("accuracy", ["train/acc", "val/acc"]),
-        ("step size eta (mean over steps)", ["refine/step_size"]),
+        ("step size eta", ["refine/step_size"]),
         ("potential gain phi(x_T) - phi(x_0)", ["val/potential_gain"]),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))

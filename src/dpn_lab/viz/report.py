@@ -1,4 +1,4 @@
-"""Every figure of a FullArchitecture on a sample of its data, written as PNG files."""
+"""Every figure of a DPNClassifier on a sample of its data, written as PNG files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dpn_lab.model.inference import evaluating, in_chunks
-from dpn_lab.model.network import FullArchitecture
+from dpn_lab.model.network import DPNClassifier
 from dpn_lab.viz.plots import (
     covariance_figure,
     feature_map,
@@ -21,7 +21,7 @@ from dpn_lab.viz.plots import (
 
 @torch.no_grad()
 def write_figures(
-    net: FullArchitecture,
+    net: DPNClassifier,
     inputs: Tensor,
     labels: Tensor,
     n_classes: int,

@@ -15,8 +15,8 @@ from scipy import stats
 
 from conftest import ROOT
 from dpn_lab.results import pages
+from dpn_lab.robustness.committed import render_text, sentinel_tolerance
 from dpn_lab.robustness.long_form import read_runs
-from dpn_lab.robustness.results import render_text, sentinel_tolerance
 from dpn_lab.robustness.verdicts import ENDPOINTS
 from dpn_lab.runs.cpu_kernels import kernel_identity
 
