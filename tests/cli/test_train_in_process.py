@@ -45,6 +45,8 @@ def test_the_cifar10_resnet_recipe_trains_on_cifar10_shaped_images_under_bf16_au
             "debug=fdr",
             "trainer.precision=bf16-mixed",
             "model.init_samples=64",
+            "robustness@eval=none",  # evaluations and figures have tests of their own: here, training
+            "~callbacks.figures",
         ]
     )
     assert (cfg.data.name, cfg.data.augment, cfg.model.extractor) == (

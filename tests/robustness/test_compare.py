@@ -26,7 +26,6 @@ def test_comparison_fits_baselines_on_the_same_test_indices(tmp_path):
         "eval.attack_eps.pgd_linf=[0.1]",
         "eval.attack_samples=30",
         "eval.attack_steps=3",
-        "~callbacks.figures",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

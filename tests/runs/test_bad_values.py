@@ -74,7 +74,7 @@ def test_every_validated_key_is_exercised():
     assert set(GROUPS) | {k for k in CALLBACK_RULES if k.startswith("callbacks.early_stopping")} == set(RULES)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases())
 def test_every_bad_value_is_one_line_naming_its_key(case, tmp_path, monkeypatch):
     key, value = case

@@ -16,12 +16,11 @@ SWEEP = (
     "recipe=robust_extractor",
     "variant=ablation,dpn",
     "seed=0,1",
-    "trainer.max_epochs=2",
+    "trainer.max_epochs=1",
     "eval.corruptions=[gaussian]",
     "eval.test_steps=null",
     "eval.attacks=[]",
     "eval.ood=[]",
-    "~callbacks.figures",
 )
 
 
