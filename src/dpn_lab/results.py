@@ -12,7 +12,7 @@ paired comparison of any sweep.
               and redraw each result's comparison_forest.png
   check       exit 1 if a page's blocks differ from what results/ renders
 
-`make robustness` runs the digits comparison and records it; tests/robustness/test_results.py holds the
+`make robustness` runs the digits comparison and records it; tests/robustness/test_committed.py holds the
 pages to the files and reruns each result's sentinel job.
 """
 

@@ -288,7 +288,7 @@ class DPNLitModule(L.LightningModule):
                 f"epoch {self.current_epoch}: the mean potential falls over the ascent (val/potential_gain="
                 f"{gain:.3g} < 0). Likely cause: the step overshoots the modes (eta={eta:.3g}, largest "
                 f"precision eigenvalue {lam:.3g}, eta*lambda_max={eta * lam:.3g}; stable below 2); lower "
-                "model.init_step_size, set model.init_step_limit=1 or model.bound_step_size=true"
+                "model.init_step_size or model.init_step_limit"
             )
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
