@@ -43,6 +43,10 @@ bench: install
 # the jobs that finished with the same code and overrides, continues a killed job from its last.ckpt and
 # runs the rest; `make robustness-fresh-<data>` starts from nothing.
 robustness: robustness-digits
+# the job each recording's test reruns (tests/robustness/test_committed.py); the frozen comparisons' is a stage-2 job
+SENTINEL := recipe=robust_extractor variant=dpn seed=0
+SENTINEL_digits_frozen := recipe=frozen_denoiser variant=tweedie seed=0
+SENTINEL_mnist5k_frozen := recipe=frozen_denoiser variant=tweedie seed=0
 robustness-fresh-%:
 	rm -rf outputs/results/robustness_$*
 	$(MAKE) robustness-$*
@@ -50,7 +54,7 @@ robustness-%: install
 	start=$$(date +%s) && commit=$$(git rev-parse HEAD)$$(git status --porcelain -- src conf | grep -q . && echo +dirty || true) && \
 	$(BIN)/python -m dpn_lab.train experiment=robustness_$* hydra.sweep.dir=outputs/results/robustness_$* && \
 	$(BIN)/python -m dpn_lab.results record robustness_$* outputs/results/robustness_$* --command "make $@" \
-		--sentinel "recipe=robust_extractor variant=dpn seed=0" --seconds $$(( $$(date +%s) - start )) --commit $$commit
+		--sentinel "$(or $(SENTINEL_$*),$(SENTINEL))" --seconds $$(( $$(date +%s) - start )) --commit $$commit
 
 train: install
 	$(BIN)/python -m dpn_lab.train $(ARGS)

@@ -14,6 +14,7 @@ from dpn_lab.checkpoints import (
     data_module_from_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
+    start_from,
 )
 from dpn_lab.data.digits import DigitsDataModule
 from dpn_lab.errors import ConfigError
@@ -120,3 +121,61 @@ def test_a_cnn_checkpoint_from_before_norm_and_pool_rebuilds_its_batchnorm_avera
     model = model_from_checkpoint(read_checkpoint(str(path)), str(path))
     images = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(model.eval()(images), old.eval()(images))
+
+
+def stage_two_model(**options) -> DPNLitModule:
+    torch.manual_seed(1)
+    return DPNLitModule(input_shape=[1, 8, 8], n_classes=10, extractor="cnn", covariance="diag", **options)
+
+
+def test_stage_two_starts_from_the_extractor_and_classifier_of_stage_one(tmp_path, make_cfg):
+    stage_one = checkpoint_file(tmp_path / "stage_one.ckpt")
+    before = stage_one.read_bytes()
+    saved = torch.load(stage_one, weights_only=True)["state_dict"]
+    model = stage_two_model()
+    potential = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("net.potential.")}
+    start_from(model, str(stage_one), make_cfg([]).data)
+    for key, value in model.state_dict().items():
+        if key.startswith(("net.extractor.", "net.classifier.")):
+            assert torch.equal(value, saved[key]), key
+        elif key.startswith("net.potential."):
+            assert torch.equal(value, potential[key]), key  # the refinement is stage 2's own
+    assert stage_one.read_bytes() == before
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "epoch_003.ckpt").write_bytes(before)
+    start_from(stage_two_model(), str(tmp_path / "run"), make_cfg([]).data)  # a run directory: its best
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "model.init_from=.*missing.ckpt: no such file"),
+        ("hostile", "model.init_from=.*: refused: .* holds an import path"),
+        (
+            "architecture",
+            r"was trained with another extractor or data split: feature_dim=32 \(this run: 16\)",
+        ),
+        ("split", r"another extractor or data split: data.split_seed=0 \(this run: 3\)"),
+        ("empty run", "a run directory must hold exactly one best checkpoint .checkpoints/epoch_.*found 0"),
+    ],
+)
+def test_a_stage_one_checkpoint_that_does_not_fit_is_refused_by_name(
+    tmp_path, place, make_cfg, case, message
+):
+    data_cfg = make_cfg(["data.split_seed=3"] if case == "split" else []).data
+    model, path = (
+        stage_two_model(feature_dim=16 if case == "architecture" else 32),
+        tmp_path / "stage_one.ckpt",
+    )
+    if case == "hostile":
+        checkpoint_file(path, placements(payloads(place[0])["os.system"])["hyperparameters"])
+    elif case == "empty run":
+        path = tmp_path / "run"
+        (path / "checkpoints").mkdir(parents=True)
+    elif case != "missing":
+        checkpoint_file(path)
+    with pytest.raises(ConfigError, match=message) as error:
+        start_from(model, str(path if case != "missing" else tmp_path / "missing.ckpt"), data_cfg)
+    assert "\n" not in str(error.value)
+    untouched(*place)

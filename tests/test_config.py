@@ -1,7 +1,7 @@
 """The config tree: every experiment composes and instantiates; every validated key fails with its message."""
 
 import inspect
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from dpn_lab.config import MODEL_RULES, ConfigError, validate_config
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.model.lit_module import DPNLitModule
-from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
+from dpn_lab.model.options import PotentialConfig, TrainingConfig
+from dpn_lab.model.potential import DenoisingPotential
 from dpn_lab.runs.instantiate import instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "dpn_lab" / "conf"
@@ -60,7 +61,43 @@ def test_optuna_search_composes(make_cfg):
     assert cfg.hydra.sweeper.direction == "maximize" and "model.n_components" in cfg.hydra.sweeper.params
 
 
+STAGE_TWO = "recipe=frozen_denoiser model.init_from=/stage/one.ckpt"
 BAD_VALUES = [
+    ("model.freeze_extractor=true", "model.freeze_extractor=true needs init_from=<a stage-1 checkpoint>"),
+    (
+        "model.potential_objective=density",
+        "model.potential_objective=density needs freeze_extractor=true (and init_from)",
+    ),
+    (
+        "model.potential_objective=ml",
+        "model.potential_objective='ml' is not allowed; choose one of: classification",
+    ),
+    (
+        f"{STAGE_TWO} variant=tweedie model.noise_pairs=null",
+        "model.potential_objective=tweedie needs noise_pairs (clean and corrupted features of each image)",
+    ),
+    (
+        f"{STAGE_TWO} variant=tweedie model.n_steps=3",
+        "model.n_steps=3 is not allowed with step=noise_model: use 1 (one step of Tweedie's formula is the "
+        "posterior mean",
+    ),
+    (
+        f"{STAGE_TWO} variant=tweedie model.step=scalar",
+        "model.step=scalar is not allowed with potential_objective=tweedie",
+    ),
+    (
+        f"{STAGE_TWO} variant=tweedie +model.noise_pairs.steps=2 model.noise_pairs.kind=pgd_linf",
+        "model.potential_objective=tweedie needs noise_pairs to be a corruption",
+    ),
+    (
+        f"{STAGE_TWO} variant=denoise model.consistency_weight=0",
+        "model.potential_objective=denoise needs consistency_weight > 0",
+    ),
+    (
+        f"{STAGE_TWO} variant=density model.n_steps=0",
+        "model.potential_objective=density is not allowed with n_steps=0",
+    ),
+    ("model.init_from=''", "model.init_from='' is not allowed: use a checkpoint path or null"),
     (
         "model.covariance=dense",
         "model.covariance='dense' is not allowed; choose one of: full, diag, spherical, lowrank",
@@ -183,39 +220,21 @@ def test_bad_values_are_named_with_what_is_allowed(make_cfg, overrides, message)
     assert "\n" not in str(error.value)
 
 
-def test_the_potential_options_are_defined_once_in_potential_config(make_cfg):
-    """The `model.*` keys of the potential, their defaults and their rules are PotentialConfig's fields: no
-    YAML file or rule table writes them again."""
+@pytest.mark.parametrize("config", [PotentialConfig, TrainingConfig])
+def test_the_model_options_are_defined_once_in_their_dataclass(make_cfg, config):
+    """The `model.*` keys, their defaults and their rules are the option dataclasses' fields: no YAML file,
+    rule table or constructor signature writes them again."""
     model = make_cfg([]).model
-    for f in fields(PotentialConfig):
-        assert model[f.name] == f.default, f.name
-        assert MODEL_RULES[f"model.{f.name}"] is f.metadata["rule"], f.name
-    assert not {f.name for f in fields(PotentialConfig)} & set(OmegaConf.load(CONF / "model" / "dpn.yaml"))
+    for f in fields(config):
+        default = f.default_factory() if f.default is MISSING else f.default
+        assert model[f.name] == default, f.name
+        assert MODEL_RULES.get(f"model.{f.name}") is f.metadata["rule"], f.name
+    assert not {f.name for f in fields(config)} & set(OmegaConf.load(CONF / "model" / "dpn.yaml"))
     assert list(inspect.signature(DenoisingPotential.__init__).parameters) == ["self", "config"]
+    lit_arguments = list(inspect.signature(DPNLitModule.__init__).parameters)
+    assert lit_arguments == ["self", "input_shape", "n_classes", "optimizer", "scheduler", "options"]
 
 
-def test_the_training_options_agree_with_dpn_lit_module():
-    """DPNLitModule's own options are still written in conf/model/dpn.yaml and in its signature: held
-    together here until they move into a schema of their own."""
-    yaml_model = OmegaConf.load(CONF / "model" / "dpn.yaml")
-    lit = {
-        p.name: p.default
-        for p in inspect.signature(DPNLitModule.__init__).parameters.values()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
-    }
-    assert not {f.name for f in fields(PotentialConfig)} & set(lit)  # each argument has one home
-    for name, default in lit.items():
-        if name not in ("optimizer", "scheduler"):
-            assert yaml_model[name] == ({} if name == "extractor_kwargs" else default), name
-    model_keys = {key.removeprefix("model.").split(".")[0] for key in MODEL_RULES}
-    assert model_keys <= {f.name for f in fields(PotentialConfig)} | set(lit)
-    # noise_pairs is checked as a corruption spec, like data.train_corruption
-    yaml_keys = set(yaml_model) - {
-        "defaults",
-        "_target_",
-        "optimizer",
-        "scheduler",
-        "extractor_kwargs",
-        "noise_pairs",
-    }
-    assert yaml_keys <= model_keys
+def test_a_model_option_of_neither_dataclass_is_refused_by_the_module():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_component'"):
+        DPNLitModule([1, 8, 8], 10, n_component=3)

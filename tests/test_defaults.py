@@ -1,7 +1,6 @@
 """One source of defaults: a value a YAML file under conf/ sets for one of dpn_lab's classes is the default of
 that class's own argument, so a data module, callback or model built in a notebook behaves as the command
-line does. (The potential's options are defined once in PotentialConfig; tests/test_config.py holds
-DPNLitModule's own to conf/model/dpn.yaml.) Hydra interpolations (`${...}`) are run-time wiring, not
+line does. (The model's options are defined once, in dpn_lab.model.options, and need no such check.) Hydra interpolations (`${...}`) are run-time wiring, not
 defaults, and are left out."""
 
 import inspect

@@ -29,7 +29,7 @@ from dpn_lab.data.registry import (
 )
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.lit_module import DPNLitModule
-from dpn_lab.model.potential import PotentialConfig
+from dpn_lab.model.options import PotentialConfig, TrainingConfig
 from dpn_lab.model.retired_options import current_options
 
 log = logging.getLogger(__name__)
@@ -78,22 +78,22 @@ def _data_record_key(checkpoint: dict[str, Any]) -> str | None:
     return next((key for key in checkpoint if key in names and isinstance(checkpoint[key], dict)), None)
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
+def read_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
     """A checkpoint as plain data; a one-line ConfigError when the file is missing, truncated, not a
     checkpoint, holds objects other than plain data (torch.load weights_only=True), or holds an import path
     (`_target_`) anywhere but as the dpn_lab data module name of a checkpoint written before records."""
-    checkpoint = _load(path)
+    checkpoint = _load(path, key)
     if not isinstance(checkpoint, dict):
         raise ConfigError(
-            f"ckpt_path={path}: not a dpn_lab training checkpoint (a {type(checkpoint).__name__}, not a mapping)"
+            f"{key}={path}: not a dpn_lab training checkpoint (a {type(checkpoint).__name__}, not a mapping)"
         )
     data_key = _data_record_key(checkpoint)
     if data_key:  # an older checkpoint's data `_target_` is matched by name there, never imported
-        parse_data_record(checkpoint[data_key], f"ckpt_path={path}")
+        parse_data_record(checkpoint[data_key], f"{key}={path}")
     found = import_path_in({k: v for k, v in checkpoint.items() if k != data_key})
     if found:
         raise ConfigError(
-            f"ckpt_path={path}: refused: {found[0]} holds an import path ({IMPORT_KEY}={found[1]!r}); "
+            f"{key}={path}: refused: {found[0]} holds an import path ({IMPORT_KEY}={found[1]!r}); "
             "dpn_lab checkpoints hold plain data only"
         )
     return checkpoint
@@ -114,10 +114,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DPNLitModule
     if not isinstance(hp, dict):
         raise ConfigError(f"ckpt_path={path}: not a dpn_lab training checkpoint (no hyper_parameters)")
     hp = current_options(hp, f"ckpt_path={path}")
-    accepted = {f.name for f in fields(PotentialConfig)} | {
-        p.name
-        for p in inspect.signature(DPNLitModule.__init__).parameters.values()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "optimizer", "scheduler")
+    accepted = {"input_shape", "n_classes"} | {
+        f.name for c in (PotentialConfig, TrainingConfig) for f in fields(c)
     }
     unknown = sorted(set(hp) - accepted)
     if unknown:
@@ -145,21 +143,21 @@ def data_module_from_checkpoint(
     return build_data_module(checkpoint[key], f"ckpt_path={path}")
 
 
-def _load(path: str) -> Any:
+def _load(path: str, key: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ConfigError(f"ckpt_path={path}: no such file") from None
+        raise ConfigError(f"{key}={path}: no such file") from None
     except pickle.UnpicklingError as error:
         reason = (
             str(error).splitlines()[0][:120]
             if "Weights only" not in str(error)
             else "it holds objects other than plain data"
         )
-        raise ConfigError(f"ckpt_path={path}: not a loadable dpn_lab checkpoint ({reason})") from None
+        raise ConfigError(f"{key}={path}: not a loadable dpn_lab checkpoint ({reason})") from None
     except Exception as error:  # torch's unpickler fails on empty or foreign files in many ways
         raise ConfigError(
-            f"ckpt_path={path}: not a readable checkpoint, truncated or corrupt "
+            f"{key}={path}: not a readable checkpoint, truncated or corrupt "
             f"({(str(error).splitlines() or [type(error).__name__])[0][:120]})"
         ) from None
 
@@ -195,3 +193,103 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
         raise ConfigError(
             f"ckpt_path={path} was trained with another model configuration ({saved}): {details}"
         )
+
+
+# data arguments that say how the items are loaded, not which items are in which split
+LOADING_ARGUMENTS = (
+    "batch_size",
+    "num_workers",
+    "data_dir",
+    "download",
+    "augment",
+    "augment_padding",
+    "train_corruption",
+    "test_corruption",
+)
+# the hyperparameters that fix the extractor's and the classifier's weights' meaning
+STAGE_ONE_ARCHITECTURE = ("input_shape", "n_classes", "extractor", "extractor_kwargs", "feature_dim")
+
+
+def stage_one_checkpoint(path: str) -> Path:
+    """model.init_from as a file: the path itself, or for a run directory its best checkpoint."""
+    given = Path(path)
+    if not given.is_dir():
+        return given
+    best = sorted((given / "checkpoints").glob("epoch_*.ckpt"))
+    if len(best) != 1:
+        raise ConfigError(
+            f"model.init_from={path}: a run directory must hold exactly one best checkpoint "
+            f"(checkpoints/epoch_*.ckpt), found {len(best)}; name the file"
+        )
+    return best[0]
+
+
+def start_from(model: DPNLitModule, path: str, data_cfg: DictConfig) -> None:
+    """Stage 2: load the extractor and classifier weights of a stage-1 checkpoint (read as data) into `model`.
+    Refused, naming model.init_from, unless the checkpoint's extractor architecture and data split are this
+    run's; the checkpoint file is only read."""
+    file = stage_one_checkpoint(path)
+    checkpoint = read_checkpoint(str(file), "model.init_from")
+    hp = checkpoint.get("hyper_parameters")
+    if not isinstance(hp, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"model.init_from={file}: not a dpn_lab training checkpoint")
+    theirs = _with_historical_defaults(current_options(hp, f"model.init_from={file}"))
+    ours = dict(model.hparams)
+    different = [
+        f"{k}={theirs.get(k)!r} (this run: {ours[k]!r})"
+        for k in STAGE_ONE_ARCHITECTURE
+        if _plain(theirs.get(k)) != _plain(ours[k])
+    ]
+    data_key = _data_record_key(checkpoint)
+    if data_key is None:
+        raise ConfigError(f"model.init_from={file}: the checkpoint does not record its data")
+    their_class, their_args = parse_data_record(checkpoint[data_key], f"model.init_from={file}")
+    our_class, our_args = parse_data_record(OmegaConf.to_container(data_cfg, resolve=True), "data")
+    their_args = {**_data_defaults(their_class), **their_args}
+    our_args = {**_data_defaults(our_class), **our_args}
+    if their_class is not our_class:
+        different.append(f"data={their_class.config_name} (this run: {our_class.config_name})")
+    different += [
+        f"data.{k}={their_args.get(k)!r} (this run: {our_args.get(k)!r})"
+        for k in sorted(set(their_args) | set(our_args))
+        if k not in LOADING_ARGUMENTS and _plain(their_args.get(k)) != _plain(our_args.get(k))
+    ]
+    if different:
+        raise ConfigError(
+            f"model.init_from={file} was trained with another extractor or data split: {'; '.join(different[:3])}"
+        )
+    state = {
+        k: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(("net.extractor.", "net.classifier."))
+    }
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if wrong or not state:
+        raise ConfigError(
+            f"model.init_from={file}: its weights do not fit this extractor ({', '.join(wrong[:3])})"
+        )
+    model.load_state_dict(state, strict=False)
+    log.info(f"Stage 2: extractor and classifier from {file} ({len(state)} tensors)")
+
+
+def _data_defaults(cls: type) -> dict[str, Any]:
+    """Every keyword default of a data module's constructors, the most derived class winning."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.default is not p.empty:
+                    defaults[p.name] = p.default
+    return defaults
+
+
+def _plain(value: Any) -> Any:
+    """Containers as plain lists and dicts, so stored and configured values compare."""
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

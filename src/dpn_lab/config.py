@@ -16,16 +16,15 @@ from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.data.sources import SOURCES, classes_problem
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.options import (
-    CENTER_UPDATES,
     CNN_NORMS,
     CNN_POOLS,
-    EXTRACTOR_NAMES,
     IMAGE_EXTRACTORS,
-    INIT_METHODS,
     MIN_RESNET_SIDE,
-    REFINEMENTS,
     PotentialConfig,
+    TrainingConfig,
     potential_problem,
+    rules,
+    training_problem,
 )
 from dpn_lab.robustness.attacks import ATTACKS, GRADIENTS
 from dpn_lab.robustness.ood import OOD_SETS, ood_set_problem
@@ -44,19 +43,9 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameter
 MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "val/potential_gain")
 
 MODEL_RULES: dict[str, Choice | Number] = {
-    **{f"model.{f.name}": f.metadata["rule"] for f in fields(PotentialConfig)},
-    "model.extractor": Choice(EXTRACTOR_NAMES),
-    "model.init": Choice(INIT_METHODS),
-    "model.init_samples": Number(integer=True, low=1),
+    **rules(PotentialConfig, TrainingConfig),
     "model.extractor_kwargs.norm": Choice(CNN_NORMS),
     "model.extractor_kwargs.pool": Choice(CNN_POOLS),
-    "model.consistency_weight": Number(low=0),
-    "model.refinement_weight_decay": Number(low=0, nullable=True),
-    "model.center_update": Choice(CENTER_UPDATES),
-    "model.refinement": Choice(REFINEMENTS),
-    "model.center_momentum": Number(low=0, high=1, high_open=True),
-    "model.init_step_limit": Number(low=0, low_open=True, nullable=True),
-    "model.compile": Choice((True, False)),
     "model.optimizer.lr": Number(low=0, low_open=True),
     "model.optimizer.weight_decay": Number(low=0),
     "model.scheduler.T_max": Number(integer=True, low=1),
@@ -163,10 +152,11 @@ def _check_devices(cfg: DictConfig) -> None:
 
 
 def _check_model_keys(cfg: DictConfig) -> None:
-    """A key added to model (+model.x=...) that is neither in conf/model/dpn.yaml nor a PotentialConfig field
-    is no model option."""
+    """A key added to model (+model.x=...) that is neither in conf/model/dpn.yaml nor a field of the model's
+    option dataclasses is no model option."""
     yaml_keys = OmegaConf.load(CONF_DIR / "model" / "dpn.yaml")
-    known = [f.name for f in fields(PotentialConfig)] + [key for key in yaml_keys if key != "defaults"]
+    known = [f.name for c in (PotentialConfig, TrainingConfig) for f in fields(c)]
+    known += [key for key in yaml_keys if key != "defaults"]
     for key in cfg.model:
         if key not in known:
             raise ConfigError(
@@ -195,7 +185,13 @@ def _check_model_size(cfg: DictConfig) -> None:
 
 def _check_model_consistency(cfg: DictConfig) -> None:
     model = cfg.model
-    problem = potential_problem(model.covariance, model.rank, model.feature_dim)
+    if model.init_from is not None and not (isinstance(model.init_from, str) and model.init_from):
+        raise ConfigError(
+            f"model.init_from={model.init_from!r} is not allowed: use a checkpoint path or null"
+        )
+    spec = model.noise_pairs
+    attack = OmegaConf.is_dict(spec) and spec.get("kind") in ATTACKS
+    problem = potential_problem(model) or training_problem(model, attack)
     if problem:
         raise ConfigError(f"model.{problem}")
     if model.n_components > model.init_samples:

@@ -11,6 +11,9 @@ paired comparison of any sweep.
   render      rewrite every `<!-- results:NAME:TABLE -->` block of README.md and docs/*.md from results/,
               and redraw each result's comparison_forest.png
   check       exit 1 if a page's blocks differ from what results/ renders
+  positive-control [--seeds N] [--noise S]
+      the frozen-denoiser comparison's positive control (dpn_lab.robustness.positive_control): prints the
+      per-seed accuracies and the paired interval of Tweedie's step over the refit read-out
 
 `make robustness` runs the digits comparison and records it; tests/robustness/test_committed.py holds the
 pages to the files and reruns each result's sentinel job.
@@ -49,7 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     recording.add_argument("--commit", default=None, help="the commit the sweep ran on; +dirty: with changes")
     commands.add_parser("render")
     commands.add_parser("check")
+    control = commands.add_parser("positive-control")
+    control.add_argument("--seeds", type=int, default=5)
+    control.add_argument("--noise", type=float, default=1.5, help="the feature noise's scale s")
     args = parser.parse_args(argv)
+    if args.action == "positive-control":
+        from dpn_lab.robustness.positive_control import positive_control
+
+        per_seed, summary = positive_control(args.seeds, args.noise)
+        print(per_seed.to_string(index=False, float_format="%.4f"))
+        print(
+            f"treatment - reference accuracy: {summary['diff']:+.4f}, 95% interval [{summary['ci_low']:+.4f}, "
+            f"{summary['ci_high']:+.4f}], p {summary['p']:.2g}, mdd80 {summary['mdd80']:.4f} ({args.seeds} seeds)"
+        )
+        return 0
     from dpn_lab.robustness.committed import draw_figures, record, render_text
 
     try:

@@ -4,7 +4,8 @@ corruption, and write everything into outputs/train/runs/<date>_<time>_<id>/.
 Key options (defaults in brackets; `--cfg job` prints them all):
   data=digits|mnist5k|mnist|fashion_mnist|cifar10|cifar10_synthetic|blobs   [digits, embedded: no download]
   model.n_components=K [16]  model.n_steps=T [5; 0 = the ablation]  model.covariance=diag|full|spherical|lowrank
-  recipe=robust_extractor|paired_noise|adversarial|classic|center_tracking   variant=dpn|ablation|control
+  recipe=robust_extractor|paired_noise|adversarial|classic|center_tracking|frozen_denoiser
+  variant=dpn|ablation|control (frozen_denoiser: tweedie|denoise|density|refit_ablation|denoiser_control)
   trainer.max_epochs [30]  trainer.devices [1]
   logger=csv|wandb|none [csv]  seed [0]  ckpt_path=last (resume the newest run of this data+model+seed)
 
@@ -33,7 +34,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dpn_lab.checkpoints import check_checkpoint_fits, read_checkpoint
+from dpn_lab.checkpoints import check_checkpoint_fits, read_checkpoint, start_from
 from dpn_lab.config import validate_config
 from dpn_lab.data.registry import build_data_module
 from dpn_lab.errors import ConfigError
@@ -96,6 +97,11 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
         n_classes=datamodule.n_classes,
         _convert_="all",
     )
+    if cfg.model.init_from:
+        log.info(f"Starting from stage 1: {cfg.model.init_from}")
+        start_from(
+            model, cfg.model.init_from, cfg.data
+        )  # read only; refused unless extractor and split match
     log.info("Instantiating callbacks")
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     log.info("Instantiating loggers")

@@ -3,8 +3,10 @@
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from omegaconf import open_dict
 
 from conftest import write_cifar10_files, write_mnist_files
 from dpn_lab.train import train
@@ -92,3 +94,31 @@ def test_the_capacity_matched_control_trains_through_the_same_run(make_cfg):
         and state["hyper_parameters"]["n_steps"] == 5
     )
     assert any(key.startswith("net.residual.") for key in state["state_dict"])
+
+
+def test_stage_two_fits_the_tweedie_denoiser_on_the_frozen_extractor_of_stage_one(make_cfg, tmp_path):
+    """Stage 1 (the T=0 ablation), then recipe=frozen_denoiser variant=tweedie from its run directory: the
+    extractor is stage 1's to the bit, the stage-1 files are untouched, the feature noise was measured, and the
+    one step carries corrupted features toward the clean ones at the training severity."""
+    common = ["trainer.max_epochs=2", "~callbacks.figures", "eval.figures=false", "logger=none"]
+    stage_one = make_cfg(["variant=ablation", *common])
+    with open_dict(stage_one):
+        stage_one.paths.checkpoint_dir = str(tmp_path / "stage_one" / "checkpoints")
+    train(stage_one, tmp_path / "stage_one")
+    (best,) = (tmp_path / "stage_one" / "checkpoints").glob("epoch_*.ckpt")
+    before = best.read_bytes()
+    cfg = make_cfg(
+        ["recipe=frozen_denoiser", "variant=tweedie", f"model.init_from={tmp_path / 'stage_one'}", *common]
+    )
+    with open_dict(cfg):
+        cfg.paths.checkpoint_dir = str(tmp_path / "stage_two" / "checkpoints")
+    train(cfg, tmp_path / "stage_two")
+    assert best.read_bytes() == before
+    first = torch.load(best, weights_only=True)["state_dict"]
+    (second_file,) = (tmp_path / "stage_two" / "checkpoints").glob("epoch_*.ckpt")
+    second = torch.load(second_file, weights_only=True)["state_dict"]
+    extractor = [k for k in first if k.startswith("net.extractor.")]
+    assert extractor and all(torch.equal(first[k], second[k]) for k in extractor)
+    assert second["net.potential.noise_covariance"].diagonal().min() > 0
+    rows = pd.read_csv(tmp_path / "stage_two" / "robustness.csv").set_index(["corruption", "severity"])
+    assert rows.loc[("gaussian", 0.3), "denoising_ratio"] < 1

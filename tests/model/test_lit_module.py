@@ -166,3 +166,48 @@ def test_without_refinement_weight_decay_every_parameter_takes_the_optimizers():
     (group,) = module.configure_optimizers()["optimizer"].param_groups
     assert group["weight_decay"] == 0.5
     assert {id(p) for p in group["params"]} == {id(p) for p in module.parameters() if p.requires_grad}
+
+
+def test_a_frozen_extractor_keeps_its_weights_and_batchnorm_statistics_through_training(tmp_path):
+    model = DPNLitModule(
+        [1, 8, 8],
+        10,
+        extractor_kwargs={"norm": "batch"},
+        n_steps=1,
+        covariance="full",
+        init_from="stage_one.ckpt",
+        freeze_extractor=True,
+        potential_objective="denoise",
+        consistency_weight=1.0,
+        noise_pairs={"kind": "gaussian", "severity": 0.3},
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+    )
+    model.train()
+    assert not model.net.extractor.training and model.net.classifier.training
+    assert not any(p.requires_grad for p in model.net.extractor.parameters())
+    before = {k: v.clone() for k, v in model.net.extractor.state_dict().items()}
+    images, labels = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    loss, _, _ = model._loss_and_logits(images, labels)
+    loss.backward()
+    # the classifier's loss reaches the classifier only: the potential answers to the consistency term
+    assert model.net.classifier.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.net.potential.parameters())
+    model(images)
+    assert all(torch.equal(v, before[k]) for k, v in model.net.extractor.state_dict().items())
+
+
+@pytest.mark.parametrize("objective", ["density", "tweedie"])
+def test_a_fitted_potential_is_left_fixed(objective):
+    model = DPNLitModule(
+        [1, 8, 8],
+        10,
+        n_steps=1,
+        covariance="full",
+        step="noise_model" if objective == "tweedie" else "scalar",
+        init_from="stage_one.ckpt",
+        freeze_extractor=True,
+        potential_objective=objective,
+        noise_pairs={"kind": "gaussian", "severity": 0.3},
+    )
+    assert not any(p.requires_grad for p in model.net.potential.parameters())
+    assert all(p.requires_grad for p in model.net.classifier.parameters())

@@ -8,7 +8,7 @@ import torch
 
 from conftest import run_in_process
 from dpn_lab.model.lit_module import DPNLitModule
-from dpn_lab.robustness.evaluate import accuracy_at_coverage, auroc, robustness_rows, steps_rows
+from dpn_lab.robustness.evaluate import accuracy_at_coverage, auroc, corrupted, robustness_rows, steps_rows
 
 
 def test_robustness_rows_count_correct_predictions():
@@ -62,6 +62,15 @@ def test_uncertainty_columns_of_a_dpn_on_noise():
         plain = (model.net.classifier(model.net.features(images)).argmax(1) == labels).float().mean()
     assert steps[0]["accuracy"] == pytest.approx(float(plain))  # T=0: the read-out of x_0
     assert steps[1]["accuracy"] == rows[0]["accuracy"]  # T=2: the trained number of steps
+    noisy = corrupted(images, "gaussian", 0.5, 1)
+    with torch.no_grad():
+        clean_x0, noisy_x0 = model.net.features(images).numpy(), model.net.features(noisy).numpy()
+        noisy_xT = model.net.potential(model.net.features(noisy)).numpy()
+    expected = np.sqrt(
+        ((noisy_xT - clean_x0) ** 2).sum(1).mean() / ((noisy_x0 - clean_x0) ** 2).sum(1).mean()
+    )
+    assert rows[1]["denoising_ratio"] == pytest.approx(expected, rel=1e-5)
+    assert rows[0]["denoising_ratio"] != rows[0]["denoising_ratio"]  # NaN: nothing to denoise
 
 
 @pytest.mark.slow

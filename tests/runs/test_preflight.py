@@ -152,7 +152,7 @@ BAD = [
     ),
     (
         ["variant=deep"],
-        "Could not find 'variant/deep'; available options in 'variant': ablation, control, dpn",
+        "Could not find 'variant/deep'; available options in 'variant': ablation, control, denoise, denoiser_control, density, dpn, refit_ablation, stage_one, tweedie",
     ),
     # OOD detection (eval.ood) and the classes it holds out
     (

@@ -1,4 +1,5 @@
-"""KMeansInit: place the potential's centers on the training features when fitting starts."""
+"""KMeansInit: place the potential's centers on the training features when fitting starts (and, for
+potential_objective=tweedie, convolve the fit with the measured feature noise)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
+from dpn_lab.data.corruption import corrupt, seeded_generator
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.inference import in_chunks
-from dpn_lab.model.mixture_init import initialize_potential
+from dpn_lab.model.mixture_init import convolve_with_noise, feature_noise, initialize_potential
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,34 @@ class KMeansInit(L.Callback):
         self.done = bool(state_dict["done"])
 
     @torch.no_grad()
-    def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, limit: int) -> torch.Tensor:
+    def _features(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, limit: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, inputs) of `limit` training items."""
         inputs, _ = trainer.datamodule.splits["train"].sample(limit, self.seed)
         # eval mode: the features the potential will refine at test time, and BatchNorm's running
         # statistics are left as training made them
-        return in_chunks(pl_module.net, pl_module.net.features, inputs)
+        return in_chunks(pl_module.net, pl_module.net.features, inputs), inputs
+
+    @torch.no_grad()
+    def _measure_noise(self, pl_module: L.LightningModule, inputs: torch.Tensor, clean: torch.Tensor) -> None:
+        """The feature noise of noise_pairs, from the same items corrupted once each, convolved into the fitted
+        mixture: potential_objective=tweedie with `noise_model`, denoise with the isotropic model (its start is
+        then the scalar-step Bayes denoiser, eta = tr(N)/D, which the consistency term trains on)."""
+        spec, options = pl_module.options.noise_pairs, pl_module.options
+        corrupted = corrupt(
+            inputs, spec["kind"], spec["severity"], seeded_generator("noise_model", self.seed)
+        )
+        noisy = in_chunks(pl_module.net, pl_module.net.features, corrupted)
+        model = options.noise_model if options.potential_objective == "tweedie" else "isotropic"
+        shift, covariance = feature_noise(clean, noisy, model)
+        potential = pl_module.net.potential
+        convolve_with_noise(potential, shift.to(potential.mu), covariance.to(potential.mu))
+        eigenvalues = torch.linalg.eigvalsh(covariance)
+        log.info(
+            f"feature noise of {spec['kind']}@{spec['severity']}: |b| {float(shift.norm()):.3g}, tr(N)/D "
+            f"{float(covariance.trace()) / len(shift):.3g}, largest eigenvalue {float(eigenvalues[-1]):.3g}"
+        )
 
     def _initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         potential = pl_module.net.potential
@@ -50,8 +75,10 @@ class KMeansInit(L.Callback):
         start = time.perf_counter()
         result = None
         if trainer.is_global_zero:
-            features = self._features(trainer, pl_module, hp.init_samples)
+            features, inputs = self._features(trainer, pl_module, hp.init_samples)
             result = initialize_potential(potential, features, hp.init, self.seed, hp.init_step_limit)
+            if pl_module.options.potential_objective in ("tweedie", "denoise") and potential.n_steps:
+                self._measure_noise(pl_module, inputs, features)
         state = trainer.strategy.broadcast({k: v.cpu() for k, v in potential.state_dict().items()}, src=0)
         potential.load_state_dict(state)
         potential.active = True

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytorch_lightning as L
@@ -16,12 +17,12 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dpn_lab.data.corruption import corrupt, seeded_generator
-from dpn_lab.errors import DivergenceError, NonFiniteRefinementError, choice_error
+from dpn_lab.errors import ConfigError, DivergenceError, NonFiniteRefinementError
 from dpn_lab.model.diagnostics import component_label_counts, potential_diagnostics
 from dpn_lab.model.extractors import build_extractor, extractor_arguments
 from dpn_lab.model.network import DPNClassifier
-from dpn_lab.model.options import REFINEMENTS
-from dpn_lab.model.potential import DenoisingPotential, PotentialConfig
+from dpn_lab.model.options import FITTED_OBJECTIVES, PotentialConfig, TrainingConfig, training_problem
+from dpn_lab.model.potential import DenoisingPotential
 from dpn_lab.model.residual_control import ResidualMLP, matched_width
 from dpn_lab.robustness.attacks import ATTACKS, adversarial_copy
 
@@ -43,52 +44,49 @@ class DPNLitModule(L.LightningModule):
 
     loss = CE(logits of x_T) + consistency_weight * |x_T(corrupted) - stopgrad x_0(clean)|^2 / max(var x_0(clean), floor)
 
-    `noise_pairs` ({kind, severity} of dpn_lab.data.corruption, or None) trains every batch on its clean and
-    its corrupted copy (the CE terms cover both); a kind of dpn_lab.robustness.attacks (e.g. {kind: pgd_linf,
-    severity: 0.2, steps: 5}) makes the copy an attack on the current network, through the refinement. The
-    consistency term asks the refinement to carry the corrupted copy to the clean features. With n_steps=0 the same recipe is the matched ablation. The
-    noise comes from a generator seeded by (run seed, epoch, batch index, rank).
-    `center_update=ema` moves each center after every optimizer step toward the responsibility-weighted
-    mean of the clean features of the batches that step used (all micro-batches under gradient
-    accumulation), with momentum `center_momentum` (identical on all DDP ranks).
-    `init_step_limit` is what KMeansInit caps eta * lambda_max at after placing the potential.
-    `refinement=residual_mlp` replaces the ascent by the capacity-matched control x_0 + MLP(x_0)
-    (dpn_lab.model.residual_control), its width set by the potential the same arguments describe.
-    `**potential` takes the PotentialConfig fields (feature_dim, n_components, n_steps, ...), flat, as the
-    `model.*` keys of the config give them. Hyperparameters are plain values, so checkpoints load with
-    weights_only=True; the optimizer and scheduler factories (Hydra `_partial_`) are not stored in them.
+    The options are TrainingConfig's and PotentialConfig's fields (dpn_lab.model.options, where each is
+    defined with its meaning), flat, as the `model.*` keys of the config give them. `noise_pairs` trains every
+    batch on its clean and its corrupted copy (the CE terms cover both); an attack kind makes the copy an attack
+    on the current network, through the refinement; the noise comes from a generator seeded by (run seed,
+    epoch, batch index, rank). `center_update=ema` moves each center after every optimizer step toward the
+    responsibility-weighted mean of the clean features of the batches that step used (all micro-batches under
+    gradient accumulation), identical on all DDP ranks. `refinement=residual_mlp` replaces the ascent by the
+    capacity-matched control (dpn_lab.model.residual_control). Hyperparameters are plain values, so
+    checkpoints load with weights_only=True; the optimizer and scheduler factories (Hydra `_partial_`) are
+    not stored in them.
     """
 
     def __init__(
         self,
         input_shape: Sequence[int],
         n_classes: int,
-        extractor: str = "cnn",
-        extractor_kwargs: dict[str, Any] | None = None,
-        init: str = "kmeans",
-        init_samples: int = 2000,
-        noise_pairs: dict[str, Any] | None = None,
-        consistency_weight: float = 0.0,
-        center_update: str = "none",
-        center_momentum: float = 0.9,
-        init_step_limit: float | None = 0.25,
-        compile: bool = False,
-        refinement: str = "potential",
-        refinement_weight_decay: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        **potential: Any,
+        **options: Any,
     ) -> None:
         super().__init__()
-        extractor_kwargs = extractor_arguments(extractor, extractor_kwargs)
-        config = PotentialConfig(**potential)
+        potential_names = {f.name for f in fields(PotentialConfig)}
+        config = PotentialConfig(**{k: v for k, v in options.items() if k in potential_names})
+        self.options = TrainingConfig(**{k: v for k, v in options.items() if k not in potential_names})
+        attack = bool(self.options.noise_pairs) and self.options.noise_pairs["kind"] in ATTACKS
+        problem = training_problem(SimpleNamespace(**asdict(config), **asdict(self.options)), attack)
+        if problem:
+            raise ConfigError(f"model.{problem}")
+        extractor_kwargs = extractor_arguments(self.options.extractor, self.options.extractor_kwargs)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.hparams.update(asdict(config))  # every potential argument, defaults included, in checkpoints
+        # every option, defaults included, in checkpoints
+        self.hparams.update({**asdict(config), **asdict(self.options), "extractor_kwargs": extractor_kwargs})
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        backbone = build_extractor(extractor, tuple(input_shape), config.feature_dim, **extractor_kwargs)
-        self.net = self._network(backbone, config, n_classes, refinement)
+        backbone = build_extractor(
+            self.options.extractor, tuple(input_shape), config.feature_dim, **extractor_kwargs
+        )
+        self.net = self._network(backbone, config, n_classes, self.options.refinement)
+        if self.options.freeze_extractor:
+            self.net.extractor.requires_grad_(False)
+        if self.options.potential_objective in FITTED_OBJECTIVES:
+            self.net.potential.requires_grad_(False)
         self.example_input_array = torch.zeros(1, *input_shape)  # the model summary counts FLOPs with it
-        if compile:  # the ascent only: an attribute over the method, so state_dict keys stay as they are
+        if self.options.compile:  # the ascent only: an attribute over the method, so state_dict keys stay
             self.net.potential.refine = torch.compile(self.net.potential.refine)
         # micro: the fraction of correct predictions, what "accuracy" means in a results table
         self.train_acc, self.val_acc, self.test_acc = (
@@ -112,8 +110,6 @@ class DPNLitModule(L.LightningModule):
 
     @staticmethod
     def _network(backbone, config: PotentialConfig, n_classes: int, refinement: str) -> DPNClassifier:
-        if refinement not in REFINEMENTS:
-            raise choice_error("model.refinement", refinement, REFINEMENTS)
         potential = DenoisingPotential(config)
         if refinement == "potential":
             return DPNClassifier(backbone, potential, n_classes)
@@ -126,9 +122,18 @@ class DPNLitModule(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
+    def train(self, mode: bool = True) -> DPNLitModule:
+        super().train(mode)
+        if self.options.freeze_extractor:  # BatchNorm keeps the statistics stage 1 left
+            self.net.extractor.eval()
+        return self
+
     def _loss_and_logits(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         states = self.net.states(images)
-        logits = self.net.classifier(states[-1])
+        refined = states[-1]
+        if self.options.potential_objective != "classification":
+            refined = refined.detach()  # the potential answers to its own objective, not to the classifier
+        logits = self.net.classifier(refined)
         return F.cross_entropy(logits, labels), logits, states
 
     @torch.no_grad()
@@ -159,8 +164,8 @@ class DPNLitModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        hp, n_clean = self.hparams, len(labels)
-        if hp.noise_pairs:
+        options, n_clean = self.options, len(labels)
+        if options.noise_pairs:
             generator = seeded_generator(
                 "noise_pairs", torch.initial_seed(), self.current_epoch, batch_idx, self.global_rank
             )
@@ -169,9 +174,9 @@ class DPNLitModule(L.LightningModule):
         # one host sync per step, on the loss: a non-finite refinement makes it non-finite too, and is named then
         with self.net.potential.finite_check_deferred():
             loss, logits, states = self._loss_and_logits(images, labels)
-        if hp.noise_pairs and hp.consistency_weight:
+        if options.noise_pairs and options.consistency_weight:
             refined, clean = states[-1][n_clean:], states[0][:n_clean].detach()
-            loss = loss + hp.consistency_weight * consistency(refined, clean)
+            loss = loss + options.consistency_weight * consistency(refined, clean)
         every = self._log_every
         # when Lightning writes the loggers (tests/test_library_internals.py pins this cadence)
         log_step = (self.global_step + 1) % every == 0
@@ -181,7 +186,7 @@ class DPNLitModule(L.LightningModule):
             self.component_counts += component_label_counts(
                 self.net.potential, states[-1].detach(), labels, self.hparams.n_classes
             )
-        if hp.center_update == "ema":
+        if options.center_update == "ema":
             self._step_features.append(states[0][:n_clean].detach())
         if not torch.isfinite(loss):
             try:
@@ -199,7 +204,7 @@ class DPNLitModule(L.LightningModule):
 
     def _paired_copy(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         """The batch's pair: a corruption drawn from `generator`, or an attack on the current network."""
-        spec = self.hparams.noise_pairs
+        spec = self.options.noise_pairs
         if spec["kind"] in ATTACKS:
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
             return adversarial_copy(self.net, spec, images, labels, seed)
@@ -233,7 +238,7 @@ class DPNLitModule(L.LightningModule):
             weighted = self.trainer.strategy.reduce(weighted, reduce_op="sum")
             mass = self.trainer.strategy.reduce(mass, reduce_op="sum")
         claimed = mass > 1e-6
-        m, mu = self.hparams.center_momentum, self.net.potential.mu
+        m, mu = self.options.center_momentum, self.net.potential.mu
         target = weighted[claimed] / mass[claimed, None]
         mu[claimed] = m * mu[claimed] + (1 - m) * target
 
@@ -299,7 +304,7 @@ class DPNLitModule(L.LightningModule):
         mu, c, precisions and step size, or the control's MLP) in a group with that weight decay: the optimizer's
         decay would pull the centers to the origin, the precisions to zero and eta's raw value to 0 (eta 0.69)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = self.hparams.get("refinement_weight_decay")
+        decay = self.options.refinement_weight_decay
         if decay is None:
             return params
         modules = (self.net.potential, self.net.residual)

@@ -170,3 +170,46 @@ def cap_step_size(potential: DenoisingPotential, limit: float) -> None:
         potential.set_step_size(
             float(torch.nn.functional.softplus(potential.step_size_raw).max()) * limit / (eta * lam)
         )
+
+
+# N's smallest eigenvalue below this fraction of its mean is refused as singular
+SINGULAR_NOISE = 1e-8
+
+
+def feature_noise(clean: Tensor, corrupted: Tensor, noise_model: str) -> tuple[Tensor, Tensor]:
+    """The mean b and covariance N of the feature noise x_0(corrupted) - x_0(clean) (pairs of rows, N x D),
+    in float64; `isotropic`: b = 0 and N = tr(N)/D I. ConfigError when N is singular."""
+    diff = (corrupted - clean).double()
+    shift, cov = diff.mean(0), torch.cov(diff.T, correction=1).reshape(diff.shape[1], diff.shape[1])
+    if noise_model == "isotropic":
+        shift, cov = (
+            torch.zeros_like(shift),
+            torch.eye(len(shift), dtype=cov.dtype) * cov.trace() / len(shift),
+        )
+    eigenvalues = torch.linalg.eigvalsh(cov)
+    if not bool(eigenvalues[0] > SINGULAR_NOISE * eigenvalues.mean().clamp_min(1e-300)):
+        raise ConfigError(
+            f"model.noise_pairs: the feature noise covariance estimated from {len(diff)} pairs is singular "
+            f"(eigenvalues {float(eigenvalues[0]):.3g} to {float(eigenvalues[-1]):.3g}): use a severity that moves "
+            "the features, more pairs (model.init_samples > model.feature_dim), or model.noise_model=isotropic"
+        )
+    return shift, cov
+
+
+@torch.no_grad()
+def convolve_with_noise(potential: DenoisingPotential, shift: Tensor, covariance: Tensor) -> None:
+    """Turn the fitted mixture of clean features (P_i = S_i^-1, c_i = log pi_i + 1/2 log det P_i; covariance=full)
+    into the density of features observed with noise N(shift, covariance): P_i <- (S_i + N)^-1, c_i <- log pi_i
+    + 1/2 log det P_i. The step becomes Tweedie's: b and N for step=noise_model; for the scalar step (isotropic
+    noise, b = 0) eta = tr(N)/D."""
+    P = potential.precision_matrices().double()
+    noisy = torch.linalg.inv(torch.linalg.inv(P) + covariance)
+    noisy = 0.5 * (noisy + noisy.transpose(1, 2))
+    log_pi = potential.c.double() - 0.5 * torch.linalg.slogdet(P).logabsdet
+    potential.precision_factor.copy_(torch.linalg.cholesky(noisy).transpose(1, 2))
+    potential.c.copy_(log_pi + 0.5 * torch.linalg.slogdet(noisy).logabsdet)
+    if potential.config.step == "noise_model":
+        potential.noise_shift.copy_(shift)
+        potential.noise_covariance.copy_(covariance)
+    else:
+        potential.set_step_size(float(covariance.trace()) / len(covariance))

@@ -9,6 +9,15 @@ precision factors A_i (P_i = A_i^T A_i):
     grad phi(x) = - sum_i r_i(x) A_i^T A_i (x - mu_i)
     x_{t+1}     = x_t + eta * grad phi(x_t)
 
+With `step=noise_model` the one step is Tweedie's formula for features observed with noise of mean b and
+covariance N (Miyasawa 1961; Efron 2011):
+
+    x_1         = (x_0 - b) + N grad phi(x_0 - b)
+
+which is the posterior mean E[clean | x_0] when phi is the noisy features' log-density: the clean mixture
+(pi_i, mu_i, S_i) convolved with the noise, P_i = (S_i + N)^-1, c_i = log pi_i + 1/2 log det P_i
+(`dpn_lab.model.mixture_init.convolve_with_noise` makes it from a fit).
+
 Every covariance family is written as P_i = diag(a_i)^2 + F_i^T F_i, i.e. A_i = [diag(a_i); F_i]:
 
     full       F_i = A_i (D x D), no diagonal term
@@ -83,6 +92,9 @@ class DenoisingPotential(nn.Module):
         else:
             self.precision_factor = None
         self.step_size_raw = nn.Parameter(torch.full((1,), _inverse_softplus(config.init_step_size)))
+        if config.step == "noise_model":  # b and N, measured from pairs when fitting starts
+            self.register_buffer("noise_shift", torch.zeros(dim))
+            self.register_buffer("noise_covariance", torch.zeros(dim, dim))
 
     # ----------------------------------------------------------------------------------------------
     # The mathematics
@@ -113,12 +125,16 @@ class DenoisingPotential(nn.Module):
                                     precision form where the factor is wide (uses_precision_form)
             closed_form, detach     one closed-form gradient per step, the state detached between steps
             autograd                torch.autograd.grad per step: the reference the tests hold the rest to
+            step=noise_model        Tweedie's one step, its gradient by `gradient_impl`
         """
         states = [x]
         if not self.active or self.n_steps == 0:
             return states
         etas = self.step_sizes()
-        if self.gradient_impl == "closed_form" and self.grad_mode == "unrolled":
+        if self.config.step == "noise_model":
+            y = x - self.noise_shift
+            states.append(y + self._gradient(y, self._factor_form()) @ self.noise_covariance)  # N symmetric
+        elif self.gradient_impl == "closed_form" and self.grad_mode == "unrolled":
             form = self._precision_form() if self.uses_precision_form else self._factor_form()
             recompute = self.checkpoint_steps or not torch.is_grad_enabled()  # no grad: nothing to keep y for
             states = list(fused_ascent(x, etas, form, recompute).unbind(0))

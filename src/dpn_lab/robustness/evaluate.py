@@ -27,6 +27,7 @@ COLUMNS = (
     "accuracy",
     "mean_potential",
     "mean_displacement",
+    "denoising_ratio",
     "auroc_potential",
     "auroc_msp",
     "acc90_potential",
@@ -60,6 +61,7 @@ def dpn_outputs(net: DPNClassifier, inputs: Tensor) -> dict[str, Tensor]:
         probabilities = logits.softmax(1)
         return {
             "features": states[0],
+            "refined": states[-1],
             "logits": logits,
             "predicted": probabilities.argmax(1),
             "msp": probabilities.max(1).values,
@@ -104,6 +106,13 @@ def accuracy_at_coverage(correct: Tensor, confidence: Tensor, coverage: float = 
     return float(correct[confidence.argsort(descending=True)[:keep]].float().mean())
 
 
+def denoising_ratio(clean: Mapping[str, Tensor], corrupted: Mapping[str, Tensor]) -> float:
+    """rms |x_T(corrupted) - x_0(clean)| / rms |x_0(corrupted) - x_0(clean)| over the inputs."""
+    left = (corrupted["refined"] - clean["features"]).double().pow(2).sum(1).mean()
+    right = (corrupted["features"] - clean["features"]).double().pow(2).sum(1).mean()
+    return float((left / right).sqrt())
+
+
 def robustness_rows(
     predict: Callable[[Tensor], dict[str, Tensor]],
     inputs: Tensor,
@@ -118,6 +127,8 @@ def robustness_rows(
     corrupted test inputs from the clean ones (NaN at severity 0), auroc_msp the same for the maximum
     softmax probability; acc90_* is the accuracy when the 10% least likely inputs (lowest phi(x_0), lowest
     MSP) are rejected; ece, nll and brier are the calibration of its softmax (`calibration`).
+    denoising_ratio = rms_b |x_T(corrupted) - x_0(clean)| / rms_b |x_0(corrupted) - x_0(clean)| (NaN at
+    severity 0): below 1 the refinement carried the corrupted features toward the clean ones.
     """
     nan = float("nan")
     clean = predict(inputs)
@@ -135,6 +146,7 @@ def robustness_rows(
             has = {key: key in out for key in ("phi_x0", "msp")}
             row["mean_potential"] = float(out["phi_xT"].mean()) if "phi_xT" in out else nan
             row["mean_displacement"] = float(out["displacement"].mean()) if "displacement" in out else nan
+            row["denoising_ratio"] = denoising_ratio(clean, out) if "refined" in out and severity else nan
             for name, key in (("potential", "phi_x0"), ("msp", "msp")):
                 separable = has[key] and severity
                 row[f"auroc_{name}"] = auroc(-clean[key], -out[key]) if separable else nan
