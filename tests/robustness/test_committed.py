@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import open_dict
 from scipy import stats
 
 from conftest import ROOT
 from dpn_lab.results import pages
 from dpn_lab.robustness.committed import render_text, sentinel_tolerance
 from dpn_lab.robustness.long_form import read_runs
-from dpn_lab.robustness.verdicts import ENDPOINTS
+from dpn_lab.robustness.verdicts import COMPARISONS, ENDPOINTS
 from dpn_lab.runs.cpu_kernels import kernel_identity
 
 RESULTS = sorted(p.parent for p in (ROOT / "results").glob("*/provenance.json"))
@@ -48,33 +49,42 @@ def test_a_result_records_its_commit_command_machine_and_sentinel(result):
 
 def _independent_verdicts(
     runs: pd.DataFrame,
-) -> dict[tuple[str, str, str], tuple[float, float, float, float]]:
-    """(endpoint, recipe, reference) -> (mean difference, interval low, high, Holm p), recomputed with plain
-    loops, scipy.stats.ttest_rel and Holm's procedure written out."""
+) -> dict[tuple[str, str, str, str], tuple[float, float, float, float]]:
+    """(endpoint, recipe, treatment, reference) -> (mean difference, interval low, high, Holm p), recomputed
+    with plain loops, scipy.stats.ttest_rel and Holm's procedure written out."""
     found = {}
     for endpoint in ENDPOINTS:
         rows = runs[(runs["axis"] == endpoint.axis) & (runs["metric"] == endpoint.metric)]
         if endpoint.kinds:
             rows = rows[rows["kind"].isin(endpoint.kinds)]
+        if endpoint.variants:
+            rows = rows[rows["variant"].isin(endpoint.variants)]
         rows = {
             "clean": rows[rows["level"] == "0"],
             "shifted": rows[rows["level"] != "0"],
             "all": rows,
         }.get(endpoint.levels, rows[rows["level"] == endpoint.levels])
         for recipe in sorted(set(rows["recipe"]) - {""}):
-            per_seed = {
-                variant: rows[(rows["recipe"] == recipe) & (rows["variant"] == variant)]
-                .groupby("seed")["value"]
-                .mean()
-                for variant in ("dpn", "ablation", "control")
-            }
-            for reference in ("ablation", "control"):
-                if per_seed[reference].empty:
+            mine = rows[rows["recipe"] == recipe]
+            for treatment, reference in COMPARISONS:
+                if not {treatment, reference} <= set(mine["variant"]):
                     continue
-                test = stats.ttest_rel(per_seed["dpn"].sort_index(), per_seed[reference].sort_index())
+                a, b = (
+                    mine[mine["variant"] == v].groupby("seed")["value"].mean().sort_index()
+                    for v in (treatment, reference)
+                )
+                difference = float(np.mean(a - b))
+                if np.std(a - b) == 0:  # seeds that agree exactly: a zero-width interval
+                    found[(endpoint.name, recipe, treatment, reference)] = [
+                        difference,
+                        difference,
+                        difference,
+                        float(difference == 0),
+                    ]
+                    continue
+                test = stats.ttest_rel(a, b)
                 low, high = test.confidence_interval(0.95)
-                difference = float(np.mean(per_seed["dpn"].sort_index() - per_seed[reference].sort_index()))
-                found[(endpoint.name, recipe, reference)] = [difference, low, high, test.pvalue]
+                found[(endpoint.name, recipe, treatment, reference)] = [difference, low, high, test.pvalue]
     keys = sorted(found, key=lambda k: found[k][3])
     running = 0.0
     for rank, key in enumerate(keys):  # Holm: p_(k) x (m - k + 1), monotone, capped at 1
@@ -89,19 +99,28 @@ def test_every_rendered_verdict_is_what_an_independent_computation_from_runs_csv
     table = render_text(f"<!-- results:{result.name}:verdicts -->\n<!-- end results -->", ROOT / "results")
     header, *rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     references = re.findall(r"\| − (\w+) \[95% CI\]", header)
+    margins = {e.name: e.margin for e in ENDPOINTS}
     checked = 0
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        endpoint, recipe = cells[0], cells[1]
+        endpoint, recipe, treatment = cells[0], cells[1], cells[2]
         for i, reference in enumerate(references):
+            if cells[4 + 5 * i + 1] == "–":
+                continue
             interval, holm_p = cells[4 + 5 * i + 1], cells[4 + 5 * i + 2]
             difference, low, high = map(float, re.findall(r"[+-]\d\.\d+", interval))
-            want = expected[(endpoint, recipe, reference)]
-            assert (difference, low, high) == pytest.approx(want[:3], abs=6e-4), (endpoint, recipe, reference)
-            assert float(holm_p) == pytest.approx(want[3], rel=2e-3, abs=1e-3), (endpoint, recipe, reference)
-            verdict = cells[4 + 5 * i + 4]
-            if want[3] < 0.05:
-                assert verdict.strip("*") in ("better", "worse")
+            want = expected[(endpoint, recipe, treatment, reference)]
+            where = (endpoint, recipe, treatment, reference)
+            assert (difference, low, high) == pytest.approx(want[:3], abs=6e-4), where
+            assert float(holm_p) == pytest.approx(want[3], rel=2e-3, abs=1e-3), where
+            verdict = cells[4 + 5 * i + 4].strip("*")
+            margin = margins[endpoint]
+            if -margin < want[1] and want[2] < margin:
+                assert verdict.startswith("equivalent"), where
+            elif want[3] < 0.05:
+                assert verdict in ("better", "worse"), where
+            else:
+                assert verdict == "inconclusive", where
             checked += 1
     assert checked == len(expected)
 
@@ -136,10 +155,19 @@ def test_the_sentinel_job_reproduces_its_recorded_test_accuracy(result, make_cfg
     (job,) = jobs[jobs["overrides"].map(lambda o: set(sentinel) <= set(o.split()))].to_dict("records")
     # the job's own overrides, without what only reports (evaluation under corruption, figures, logs)
     reporting = ["robustness@eval=none", "logger=none"]  # the comparison experiments draw no figures
-    cfg = make_cfg([*job["overrides"].split(), *reporting])
+    overrides = [*job["overrides"].split(), *reporting]
     threads = torch.get_num_threads()
     torch.set_num_threads(provenance["kernels"]["torch_threads"])  # reductions split by thread
     try:
+        if "recipe=frozen_denoiser" in overrides:  # a stage-2 job: its stage 1 (same seed) first
+            stage_one = make_cfg(
+                [o if not o.startswith("variant=") else "variant=stage_one" for o in overrides]
+            )
+            with open_dict(stage_one):
+                stage_one.paths.output_dir = str(Path(stage_one.paths.output_dir).with_name("stage_one"))
+            train(stage_one, Path(stage_one.paths.output_dir))
+            overrides.append(f"model.init_from={stage_one.paths.output_dir}")
+        cfg = make_cfg(overrides)
         metrics, _ = train(cfg, Path(cfg.paths.output_dir))
     finally:
         torch.set_num_threads(threads)

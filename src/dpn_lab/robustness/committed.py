@@ -43,10 +43,11 @@ LEVEL_TABLES = {
     "nll": ("corruption", "nll", False),
     "auroc_potential": ("corruption", "auroc_potential", False),
     "auroc_msp": ("corruption", "auroc_msp", False),
+    "denoising_ratio": ("corruption", "denoising_ratio", False),
     "adversarial": ("attack", "accuracy", False),
     "ood": ("ood", "auroc", False),
 }
-# headline: the verdicts of the sentinel's recipe (the default model) only, one row per endpoint
+# headline: the verdicts of the sentinel's recipe and variant (the default model) only, one row per endpoint
 BLOCKS = ("provenance", "headline", "verdicts", "forest", "test_steps", *LEVEL_TABLES)
 FOREST, RUNS = "comparison_forest.png", "runs.csv.gz"
 # gzip without a time stamp: recording the same numbers again writes the same bytes
@@ -200,7 +201,8 @@ def render(results_dir: Path, table: str, link_prefix: str = "") -> str:
             o.split("=", 1)
             for o in json.loads((results_dir / "provenance.json").read_text())["sentinel"].split()
         )
-        return verdict_markdown(verdicts[verdicts["recipe"] == sentinel.get("recipe", "")])
+        shown = (verdicts["recipe"] == sentinel.get("recipe", "")) & (verdicts["treatment"] == sentinel["variant"])
+        return verdict_markdown(verdicts[shown])
     if table == "forest":
         return f"![{results_dir.name}: paired intervals]({link_prefix}results/{results_dir.name}/{FOREST})\n"
     if table == "test_steps":

@@ -3,12 +3,14 @@
 Each endpoint is one number per (recipe, variant, seed), the mean of that job's values over the endpoint's
 levels; the DPN minus its ablation and minus its control is then one paired interval over seeds
 (dpn_lab.robustness.paired), Holm-corrected over every row of the verdict table. A row says
-  better / worse        the Holm-adjusted p < 0.05, in the endpoint's good / bad direction;
-  equivalent (+-m)      the 95% interval lies inside +-margin: no effect as large as the margin;
+  equivalent (+-m)      the 95% interval lies inside +-margin: no effect as large as the margin (even when
+                        the difference is significant: seeds that agree closely make a negligible one so);
+  better / worse        otherwise, the Holm-adjusted p < 0.05, in the endpoint's good / bad direction;
   inconclusive          neither: the interval reaches past the margin and does not exclude 0.
 Noise: gaussian, salt_pepper, shot_noise; geometric (MNIST-C's affine shifts): rotate, translate, shear,
 scale; photometric: blur, motion_blur, brightness, occlusion; each at its shifted (severity > 0) levels.
-The margins are those that would matter to a user of the model: 1 point of accuracy or of ECE, 0.02 AUROC.
+The margins are those that would matter to a user of the model: 1 point of accuracy or of ECE, 0.02 AUROC,
+0.05 of the denoising ratio (dpn_lab.robustness.evaluate.denoising_ratio).
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import pandas as pd
 
 from dpn_lab.robustness.paired import corrected, paired_differences
 
-COMPARISONS = (("dpn", "ablation"), ("dpn", "control"))  # (treatment, reference) of a committed comparison
+FROZEN_TREATMENTS, FROZEN_REFERENCES = (
+    ("tweedie", "denoise", "density"),
+    ("refit_ablation", "denoiser_control"),
+)
+FROZEN = FROZEN_TREATMENTS + FROZEN_REFERENCES  # the stage-2 variants of recipe=frozen_denoiser
+# (treatment, reference) of a committed comparison
+COMPARISONS = (
+    ("dpn", "ablation"),
+    ("dpn", "control"),
+    *((t, r) for t in FROZEN_TREATMENTS for r in FROZEN_REFERENCES),
+)
 OOD_SCORES = ("phi_x0", "phi_xT", "msp", "energy", "mahalanobis")
 
 
@@ -32,6 +44,7 @@ class Endpoint:
     levels: str  # "clean" (severity 0), "shifted" (severity > 0), "all", or one level
     margin: float
     higher_is_better: bool = True
+    variants: tuple[str, ...] | None = None  # declared for these variants' comparisons only (None: all)
 
 
 ENDPOINTS = (
@@ -60,6 +73,22 @@ ENDPOINTS = (
         "shifted",
         0.01,
     ),
+    # declared with the frozen-denoiser comparison, before its runs: the noise pairs' own severity
+    # (conf/recipe/frozen_denoiser.yaml), where a denoiser fitted to that noise must help if it helps anywhere,
+    # and the feature-space denoising it achieved there
+    Endpoint(
+        "accuracy under gaussian 0.3", "corruption", "accuracy", ("gaussian",), "0.3", 0.01, True, FROZEN
+    ),
+    Endpoint(
+        "denoising ratio, gaussian 0.3",
+        "corruption",
+        "denoising_ratio",
+        ("gaussian",),
+        "0.3",
+        0.05,
+        False,
+        FROZEN,
+    ),
     # the adversarial recipe's training pairs: conf/recipe/adversarial.yaml, pgd_linf at 0.2
     Endpoint("PGD Linf 0.2 accuracy", "attack", "accuracy", ("pgd_linf",), "0.2", 0.01),
     Endpoint("ECE, all levels", "corruption", "ece", None, "all", 0.01, higher_is_better=False),
@@ -76,6 +105,8 @@ def endpoint_values(frame: pd.DataFrame) -> pd.DataFrame:
         rows = frame[(frame["axis"] == e.axis) & (frame["metric"] == e.metric)]
         if e.kinds is not None:
             rows = rows[rows["kind"].isin(e.kinds)]
+        if e.variants is not None:
+            rows = rows[rows["variant"].isin(e.variants)]
         if e.levels == "clean":
             rows = rows[rows["level"] == "0"]
         elif e.levels == "shifted":
@@ -103,15 +134,17 @@ def verdict_table(frame: pd.DataFrame, comparisons=COMPARISONS) -> pd.DataFrame:
     ]
     table = pd.concat(tables, ignore_index=True).rename(columns={"kind": "endpoint"})
     table["p_holm"] = corrected(table["p"], "holm")
+    table["holm_family"] = len(table)  # a page may show some rows: the correction was over all of them
     spec = {e.name: e for e in ENDPOINTS}
     table["margin"] = table["endpoint"].map(lambda name: spec[name].margin)
 
     def verdict(row: pd.Series) -> str:
         good = 1 if spec[row["endpoint"]].higher_is_better else -1
+        if -row["margin"] < row["ci_low"] and row["ci_high"] < row["margin"]:
+            # first: seeds that agree to the last digit make a difference of 1e-5 "significant"
+            return f"equivalent (±{row['margin']:g})"
         if row["p_holm"] < 0.05:
             return "better" if good * row["diff"] > 0 else "worse"
-        if -row["margin"] < row["ci_low"] and row["ci_high"] < row["margin"]:
-            return f"equivalent (±{row['margin']:g})"
         return "inconclusive"
 
     table["verdict"] = table.apply(verdict, axis=1)
@@ -149,8 +182,8 @@ def verdict_markdown(table: pd.DataFrame) -> str:
     n = int(table["n_seeds"].max())
     return "\n".join(lines) + (
         f"\n\nMeans over {n} seeds (paired: a seed draws the split and trains every variant). − ref: the mean "
-        "per-seed difference with its 95% paired t-interval; Holm p: adjusted over the table's "
-        f"{len(table)} comparisons; MDD80: the smallest true difference the paired test detects with 80% power "
+        "per-seed difference with its 95% paired t-interval; Holm p: adjusted over the comparison's "
+        f"{int(table['holm_family'].max())} comparisons; MDD80: the smallest true difference the paired test detects with 80% power "
         "at alpha 0.05 (uncorrected), from the measured spread. Equivalence margins: 0.01 for accuracy and "
-        "ECE, 0.02 for AUROC.\n"
+        "ECE, 0.02 for AUROC, 0.05 for the denoising ratio.\n"
     )
