@@ -11,6 +11,7 @@ import torch
 from conftest import DATA_ARGS, LEGACY_TARGET, checkpoint_file, payloads, placements, untouched
 from dpn_lab.checkpoints import (
     SafeCheckpointIO,
+    copy_stage_one,
     data_module_from_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
@@ -145,6 +146,17 @@ def test_stage_two_starts_from_the_extractor_and_classifier_of_stage_one(tmp_pat
     run.mkdir(parents=True)
     (run / "epoch_003.ckpt").write_bytes(before)
     start_from(stage_two_model(), str(tmp_path / "run"), make_cfg([]).data)  # a run directory: its best
+    copy_stage_one(str(tmp_path / "run"), tmp_path / "kept.ckpt")  # what results/ keeps of a stage 1
+    assert set(torch.load(tmp_path / "kept.ckpt", weights_only=True)) == {
+        "hyper_parameters",
+        "state_dict",
+        "DigitsDataModule",
+    }
+    again = stage_two_model()
+    start_from(again, str(tmp_path / "kept.ckpt"), make_cfg([]).data)
+    assert all(
+        torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items() if "potential" not in k
+    )
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,15 @@ def stage_one_checkpoint(path: str) -> Path:
     return best[0]
 
 
+def copy_stage_one(path: str, destination: Path) -> None:
+    """Write the parts of stage-1 checkpoint `path` that `start_from` reads (hyperparameters, weights, data
+    record; no optimizer state or loop state, a third of the file) to `destination`."""
+    checkpoint = read_checkpoint(str(stage_one_checkpoint(path)), "model.init_from")
+    data_key = _data_record_key(checkpoint)
+    kept = {k: checkpoint[k] for k in ("hyper_parameters", "state_dict", data_key) if k in checkpoint}
+    torch.save(kept, destination)
+
+
 def start_from(model: DPNLitModule, path: str, data_cfg: DictConfig) -> None:
     """Stage 2: load the extractor and classifier weights of a stage-1 checkpoint (read as data) into `model`.
     Refused, naming model.init_from, unless the checkpoint's extractor architecture and data split are this

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import open_dict
 from scipy import stats
 
 from conftest import ROOT
 from dpn_lab.results import pages
-from dpn_lab.robustness.committed import render_text, sentinel_tolerance
+from dpn_lab.robustness.committed import STAGE_ONE, render_text, sentinel_tolerance
 from dpn_lab.robustness.long_form import read_runs
 from dpn_lab.robustness.verdicts import COMPARISONS, ENDPOINTS
 from dpn_lab.runs.cpu_kernels import kernel_identity
@@ -159,14 +158,8 @@ def test_the_sentinel_job_reproduces_its_recorded_test_accuracy(result, make_cfg
     threads = torch.get_num_threads()
     torch.set_num_threads(provenance["kernels"]["torch_threads"])  # reductions split by thread
     try:
-        if "recipe=frozen_denoiser" in overrides:  # a stage-2 job: its stage 1 (same seed) first
-            stage_one = make_cfg(
-                [o if not o.startswith("variant=") else "variant=stage_one" for o in overrides]
-            )
-            with open_dict(stage_one):
-                stage_one.paths.output_dir = str(Path(stage_one.paths.output_dir).with_name("stage_one"))
-            train(stage_one, Path(stage_one.paths.output_dir))
-            overrides.append(f"model.init_from={stage_one.paths.output_dir}")
+        if (result / STAGE_ONE).is_file():  # a stage-2 sentinel: from the recorded stage-1 checkpoint
+            overrides.append(f"model.init_from={result / STAGE_ONE}")
         cfg = make_cfg(overrides)
         metrics, _ = train(cfg, Path(cfg.paths.output_dir))
     finally:

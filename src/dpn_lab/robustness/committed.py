@@ -9,7 +9,9 @@ results/<name>/ holds
                     sentinel test reruns one of them);
   provenance.json   command, commit (and whether the tree had uncommitted changes), date, seconds, the
                     processor, the kernel identity (dpn_lab.runs.cpu_kernels) and the sentinel job;
-  comparison_forest.png  drawn from runs.csv by `record` and `render`.
+  comparison_forest.png  drawn from runs.csv by `record` and `render`;
+  stage_one.ckpt    a stage-2 sentinel's stage-1 checkpoint (recipe=frozen_denoiser; weights, hyperparameters
+                    and data record), which its rerun starts from.
 A block between `<!-- results:<name>:<table> -->` and `<!-- end results -->` in README.md or docs/*.md is
 replaced by `render_text`: verdicts (the primary endpoints, Holm), per-level tables (Benjamini-Hochberg),
 test_steps and provenance, all computed from runs.csv when rendered.
@@ -27,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from dpn_lab.checkpoints import copy_stage_one
 from dpn_lab.errors import ConfigError
 from dpn_lab.robustness.compare import level_markdown, paired_levels
 from dpn_lab.robustness.evaluate import write_rows
@@ -50,6 +53,7 @@ LEVEL_TABLES = {
 # headline: the verdicts of the sentinel's recipe and variant (the default model) only, one row per endpoint
 BLOCKS = ("provenance", "headline", "verdicts", "forest", "test_steps", *LEVEL_TABLES)
 FOREST, RUNS = "comparison_forest.png", "runs.csv.gz"
+STAGE_ONE = "stage_one.ckpt"  # a stage-2 sentinel's stage-1 checkpoint
 # gzip without a time stamp: recording the same numbers again writes the same bytes
 COMPRESSION = {"method": "gzip", "mtime": 0}
 BLOCK = re.compile(
@@ -115,6 +119,11 @@ def record(
         )
     frame = runs_frame(sweep_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    stage_one = [o if not o.startswith("variant=") else "variant=stage_one" for o in sentinel.split()]
+    if "recipe=frozen_denoiser" in stage_one and stage_one != sentinel.split():
+        # a stage-2 sentinel starts from its stage 1: kept beside the numbers, so the rerun trains stage 2 only
+        (job,) = [j for j in jobs if set(stage_one) <= set(j["overrides"].split())]
+        copy_stage_one(str(sweep_dir / str(job["job"])), results_dir / STAGE_ONE)
     write_runs(frame, results_dir / RUNS, compression=COMPRESSION)
     write_rows(jobs, results_dir / "jobs.csv", JOB_COLUMNS)
     commit, dirty = tree or tree_state(Path(__file__).resolve().parents[3])
@@ -201,7 +210,9 @@ def render(results_dir: Path, table: str, link_prefix: str = "") -> str:
             o.split("=", 1)
             for o in json.loads((results_dir / "provenance.json").read_text())["sentinel"].split()
         )
-        shown = (verdicts["recipe"] == sentinel.get("recipe", "")) & (verdicts["treatment"] == sentinel["variant"])
+        shown = (verdicts["recipe"] == sentinel.get("recipe", "")) & (
+            verdicts["treatment"] == sentinel["variant"]
+        )
         return verdict_markdown(verdicts[shown])
     if table == "forest":
         return f"![{results_dir.name}: paired intervals]({link_prefix}results/{results_dir.name}/{FOREST})\n"
