@@ -47,6 +47,7 @@ robustness: robustness-digits
 SENTINEL := recipe=robust_extractor variant=dpn seed=0
 SENTINEL_digits_frozen := recipe=frozen_denoiser variant=tweedie seed=0
 SENTINEL_mnist5k_frozen := recipe=frozen_denoiser variant=tweedie seed=0
+SENTINEL_mnist5k_frozen_confirm := recipe=frozen_denoiser variant=tweedie seed=3
 robustness-fresh-%:
 	rm -rf outputs/results/robustness_$*
 	$(MAKE) robustness-$*
