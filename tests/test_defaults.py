@@ -3,8 +3,6 @@ that class's own argument, so a data module, callback or model built in a notebo
 line does. (The model's options are defined once, in dpn_lab.model.options, and need no such check.) Hydra interpolations (`${...}`) are run-time wiring, not
 defaults, and are left out."""
 
-import inspect
-
 import pytest
 from omegaconf import OmegaConf
 
@@ -12,19 +10,8 @@ from dpn_lab.callbacks.figure_logger import FigureLogger
 from dpn_lab.callbacks.kmeans_init import KMeansInit
 from dpn_lab.config import CONF_DIR
 from dpn_lab.data.base import TensorDataModule
-from dpn_lab.data.registry import DATA_MODULES, accepted_arguments
+from dpn_lab.data.registry import DATA_MODULES, accepted_arguments, constructor_defaults
 from dpn_lab.runs.preflight import group_options
-
-
-def signature_defaults(cls: type) -> dict:
-    """Every keyword default of cls and its bases' constructors, the most derived one winning."""
-    defaults: dict = {}
-    for klass in reversed(cls.__mro__):
-        if "__init__" in vars(klass):
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not p.empty:
-                    defaults[p.name] = p.default
-    return defaults
 
 
 def literal_values(node) -> dict:
@@ -42,7 +29,7 @@ def test_each_data_option_is_its_classes_defaults(make_cfg, option):
     cls = DATA_MODULES[data.name]
     assert data.name == option == cls.config_name
     assert set(data) - {"name"} == accepted_arguments(cls), "a YAML key without an argument, or the reverse"
-    defaults = signature_defaults(cls)
+    defaults = constructor_defaults(cls)
     drifted = {
         k: (v, defaults[k]) for k, v in literal_values(data).items() if k != "name" and v != defaults[k]
     }
@@ -51,7 +38,7 @@ def test_each_data_option_is_its_classes_defaults(make_cfg, option):
 
 def test_the_shared_data_keys_are_the_base_class_defaults():
     base = OmegaConf.load(CONF_DIR / "data" / "_base.yaml")
-    defaults = signature_defaults(TensorDataModule)
+    defaults = constructor_defaults(TensorDataModule)
     assert set(base) == set(defaults)
     assert {k: v for k, v in literal_values(base).items() if v != defaults[k]} == {}
 
@@ -60,7 +47,7 @@ def test_the_shared_data_keys_are_the_base_class_defaults():
 def test_the_callbacks_yaml_holds_the_callbacks_defaults(name, cls):
     entry = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")[name]
     assert entry._target_ == f"{cls.__module__}.{cls.__qualname__}"
-    defaults = signature_defaults(cls)
+    defaults = constructor_defaults(cls)
     assert set(literal_values(entry)) <= set(defaults)
     assert {k: v for k, v in literal_values(entry).items() if v != defaults[k]} == {}
 

@@ -7,7 +7,6 @@ package's own constructors from plain values.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import pickle
@@ -24,6 +23,7 @@ from dpn_lab.data.registry import (
     DATA_MODULES,
     IMPORT_KEY,
     build_data_module,
+    constructor_defaults,
     import_path_in,
     parse_data_record,
 )
@@ -254,8 +254,8 @@ def start_from(model: DPNLitModule, path: str, data_cfg: DictConfig) -> None:
         raise ConfigError(f"model.init_from={file}: the checkpoint does not record its data")
     their_class, their_args = parse_data_record(checkpoint[data_key], f"model.init_from={file}")
     our_class, our_args = parse_data_record(OmegaConf.to_container(data_cfg, resolve=True), "data")
-    their_args = {**_data_defaults(their_class), **their_args}
-    our_args = {**_data_defaults(our_class), **our_args}
+    their_args = {**constructor_defaults(their_class), **their_args}
+    our_args = {**constructor_defaults(our_class), **our_args}
     if their_class is not our_class:
         different.append(f"data={their_class.config_name} (this run: {our_class.config_name})")
     different += [
@@ -280,17 +280,6 @@ def start_from(model: DPNLitModule, path: str, data_cfg: DictConfig) -> None:
         )
     model.load_state_dict(state, strict=False)
     log.info(f"Stage 2: extractor and classifier from {file} ({len(state)} tensors)")
-
-
-def _data_defaults(cls: type) -> dict[str, Any]:
-    """Every keyword default of a data module's constructors, the most derived class winning."""
-    defaults: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        if "__init__" in vars(klass):
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not p.empty:
-                    defaults[p.name] = p.default
-    return defaults
 
 
 def _plain(value: Any) -> Any:

@@ -143,8 +143,12 @@ def test_the_tolerance_is_one_image_on_the_recording_kernels_and_the_seed_spread
     assert "mkl_cbwr AVX2 there, AUTO here" in why
 
 
+# a confirmatory result (<name>_confirm) reruns <name>'s jobs on other seeds: <name>'s sentinel covers its numerics
+SENTINELS = [r for r in RESULTS if not r.name.endswith("_confirm")]
+
+
 @pytest.mark.slow  # one training run per committed result (~30-60 s each on 2 cores)
-@pytest.mark.parametrize("result", RESULTS, ids=[r.name for r in RESULTS])
+@pytest.mark.parametrize("result", SENTINELS, ids=[r.name for r in SENTINELS])
 def test_the_sentinel_job_reproduces_its_recorded_test_accuracy(result, make_cfg):
     from dpn_lab.train import train
 

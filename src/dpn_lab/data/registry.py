@@ -83,6 +83,17 @@ def accepted_arguments(cls: type[TensorDataModule]) -> set[str]:
     return names
 
 
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """Every keyword default of cls's and its bases' constructors, the most derived one winning."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.default is not p.empty:
+                    defaults[p.name] = p.default
+    return defaults
+
+
 def parse_data_record(record: Any, source: str) -> tuple[type[TensorDataModule], dict[str, Any]]:
     """(class, arguments) that a stored record describes; ConfigError naming `source` for anything else."""
     known = ", ".join(DATA_MODULES)

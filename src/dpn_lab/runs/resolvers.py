@@ -45,7 +45,11 @@ def _stage_one_job(sweep_dir: str | None, seed: int) -> str:
             found = json.loads(result.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(found, dict) and found.get("status") == "ok" and wanted <= set(found.get("overrides", [])):
+        if (
+            isinstance(found, dict)
+            and found.get("status") == "ok"
+            and wanted <= set(found.get("overrides", []))
+        ):
             return str(result.parent)
     return str(Path(sweep_dir) / f"no-finished-stage_one-job-with-seed-{seed}")
 
