@@ -143,8 +143,11 @@ def test_the_tolerance_is_one_image_on_the_recording_kernels_and_the_seed_spread
     assert "mkl_cbwr AVX2 there, AUTO here" in why
 
 
-# a confirmatory result (<name>_confirm) reruns <name>'s jobs on other seeds: <name>'s sentinel covers its numerics
-SENTINELS = [r for r in RESULTS if not r.name.endswith("_confirm")]
+# Rerun: one sentinel per code path, to keep `make test` within CI's 15 minutes. Not rerun: a confirmatory
+# result (<name>_confirm: <name>'s jobs on other seeds) and robustness_mnist5k_frozen, whose stage 1 is checked
+# number by number against robustness_mnist5k (test_the_frozen_comparisons_stage_one_reproduces_...) and
+# whose stage 2 runs the code of robustness_digits_frozen's sentinel on robustness_mnist5k's data path.
+SENTINELS = [r for r in RESULTS if not r.name.endswith("_confirm") and r.name != "robustness_mnist5k_frozen"]
 
 
 @pytest.mark.slow  # one training run per committed result (~30-60 s each on 2 cores)
@@ -176,3 +179,18 @@ def test_the_sentinel_job_reproduces_its_recorded_test_accuracy(result, make_cfg
         f"committed result says {job['test_acc']:.4f} (allowed: {tolerance:.4f}, {why}): training numerics "
         "moved; measure the results again"
     )
+
+
+@pytest.mark.parametrize("data", ["digits", "mnist5k"])
+def test_the_frozen_comparisons_stage_one_reproduces_the_main_comparisons_ablation(data):
+    """variant=stage_one is the main comparison's robust_extractor ablation, recorded again on another commit
+    and in another sweep: every number the two recordings share is equal."""
+    main, frozen = (
+        read_runs(ROOT / "results" / name / "runs.csv.gz")
+        for name in (f"robustness_{data}", f"robustness_{data}_frozen")
+    )
+    main = main[(main["recipe"] == "robust_extractor") & (main["variant"] == "ablation")]
+    keys = ["seed", "axis", "kind", "level", "metric"]
+    shared = main.merge(frozen[frozen["variant"] == "stage_one"], on=keys, suffixes=("_main", "_frozen"))
+    assert len(shared) > 1000
+    assert (shared["value_main"] == shared["value_frozen"]).all()

@@ -14,6 +14,8 @@ dependent levels of one axis, which share their models) for the many levels of a
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
@@ -60,8 +62,12 @@ def minimum_detectable(sd: float, n: int, alpha: float = ALPHA, power: float = P
     """The true mean difference a two-sided paired t-test of n seeds detects with `power` at `alpha`, for
     differences of standard deviation sd: the effect size delta solving P(|T| > t_crit | ncp = delta sqrt(n))
     = power, T noncentral t with n - 1 degrees of freedom, times sd."""
-    if sd == 0:
-        return 0.0
+    return 0.0 if sd == 0 else detectable_effect(n, alpha, power) * sd
+
+
+@cache  # depends on (n, alpha, power) only: one root per seed count, not one per table row
+def detectable_effect(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """delta of `minimum_detectable` in units of the differences' standard deviation."""
     df, critical = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
 
     def shortfall(effect: float) -> float:
@@ -72,7 +78,7 @@ def minimum_detectable(sd: float, n: int, alpha: float = ALPHA, power: float = P
     upper = 1.0
     while shortfall(upper) < 0:
         upper *= 2
-    return float(optimize.brentq(shortfall, 1e-9, upper)) * sd
+    return float(optimize.brentq(shortfall, 1e-9, upper))
 
 
 def holm(p: pd.Series) -> pd.Series:
