@@ -49,6 +49,7 @@ SENTINEL := recipe=robust_extractor variant=dpn seed=0
 SENTINEL_digits_frozen := recipe=frozen_denoiser variant=tweedie seed=0
 SENTINEL_mnist5k_frozen := recipe=frozen_denoiser variant=tweedie seed=0
 SENTINEL_mnist5k_frozen_confirm := recipe=frozen_denoiser variant=tweedie seed=3
+SENTINEL_digits_held_out_frozen := recipe=frozen_denoiser variant=density seed=0
 robustness-fresh-%:
 	rm -rf outputs/results/robustness_$*
 	$(MAKE) robustness-$*

@@ -99,9 +99,7 @@ def train(cfg: DictConfig, output_dir: Path, multirun: bool = False) -> tuple[di
     )
     if cfg.model.init_from:
         log.info(f"Starting from stage 1: {cfg.model.init_from}")
-        start_from(
-            model, cfg.model.init_from, cfg.data
-        )  # read only; refused unless extractor and split match
+        start_from(model, cfg.model.init_from, cfg.data)  # refused unless extractor and split match
     log.info("Instantiating callbacks")
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     log.info("Instantiating loggers")

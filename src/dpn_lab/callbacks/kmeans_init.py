@@ -1,5 +1,5 @@
 """KMeansInit: place the potential's centers on the training features when fitting starts (and, for
-potential_objective=tweedie, convolve the fit with the measured feature noise)."""
+potential_objective tweedie or denoise, convolve the fit with the measured feature noise)."""
 
 from __future__ import annotations
 
