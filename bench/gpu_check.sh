@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU path end to end, in under 8 minutes on one GPU (README, Real scale). Run it from the repository
-# root on a machine with a CUDA device and the environment installed (`make install`, or PYTHON=python3
-# where the packages are already there); it prints every table and stops at the first failure.
+# The GPU path end to end, in under 8 minutes on one GPU (279 s on an H200; docs/scale.md has its figures).
+# Run it from the repository root on a machine with a CUDA device and the environment installed (`make
+# install`, or `PYTHON=python3 PYTHONPATH=src` where the packages are already there); it prints every table
+# and stops at the first failure.
 #   1. bench/refinement.py in float32 and bfloat16 (fused ascent against autograd and the DPN paper's layer)
 #   2. 2 epochs of the default digits DPN with trainer=gpu, bf16-mixed (autocast through both custom Functions)
 #   3. 2 epochs of experiment=cifar10_resnet on CIFAR-10-shaped synthetic images, bf16-mixed, model.compile=true
