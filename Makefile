@@ -38,7 +38,7 @@ bench: install
 
 # a robustness comparison (docs/results.md): `make robustness` on digits (5 seeds, ~25-35 min on 2 cores),
 # `make robustness-mnist5k` on 5,000 real MNIST digits (3 seeds, ~51 min), the stage-2 comparisons
-# `make robustness-digits_frozen` (~10 min), `-mnist5k_frozen` (~33 min), `-mnist5k_frozen_confirm` (~16 min); each is recorded in
+# `make robustness-digits_frozen` (~9 min), `-mnist5k_frozen` (~17 min), `-mnist5k_frozen_confirm` (~16 min); each is recorded in
 # results/robustness_<data>/ with the commit, the command and the machine, and the pages' tables are
 # rendered from it; the sentinel is the default recipe's DPN. Run again after a kill, the same command keeps
 # the jobs that finished with the same code and overrides, continues a killed job from its last.ckpt and
