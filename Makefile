@@ -11,10 +11,13 @@ NO_DEPS := torchattacks
 install: $(STAMP)
 
 # Re-installs only when the declared dependencies change, so repeated `make` calls cost nothing.
+# --no-compile: byte-compiling all ~15,000 modules costs ~50 s of CI's 15 minutes; Python compiles the few
+# thousand a run imports on first import instead, once.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps $(NO_DEPS)
+	$(PIP_INSTALL) -e '.[dev]'
+	$(PIP_INSTALL) --no-deps $(NO_DEPS)
 	touch $(STAMP)
 
 # everything, slow tests included: what .ci/run calls
@@ -38,7 +41,7 @@ bench: install
 
 # a robustness comparison (docs/results.md): `make robustness` on digits (5 seeds, ~25-35 min on 2 cores),
 # `make robustness-mnist5k` on 5,000 real MNIST digits (3 seeds, ~51 min), the stage-2 comparisons
-# `make robustness-digits_frozen` (~9 min), `-mnist5k_frozen` (~17 min), `-mnist5k_frozen_confirm` (~16 min); each is recorded in
+# `make robustness-digits_frozen` (~8 min), `-mnist5k_frozen` (~20 min), `-mnist5k_frozen_confirm` (~16 min); each is recorded in
 # results/robustness_<data>/ with the commit, the command and the machine, and the pages' tables are
 # rendered from it; the sentinel is the default recipe's DPN. Run again after a kill, the same command keeps
 # the jobs that finished with the same code and overrides, continues a killed job from its last.ckpt and
