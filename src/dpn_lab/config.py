@@ -16,8 +16,7 @@ from dpn_lab.data.corruption import CORRUPTIONS
 from dpn_lab.data.sources import SOURCES, classes_problem
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.options import (
-    CNN_NORMS,
-    CNN_POOLS,
+    EXTRACTOR_KWARG_RULES,
     IMAGE_EXTRACTORS,
     MIN_RESNET_SIDE,
     PotentialConfig,
@@ -44,8 +43,7 @@ MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "val/potential_gain")
 
 MODEL_RULES: dict[str, Choice | Number] = {
     **rules(PotentialConfig, TrainingConfig),
-    "model.extractor_kwargs.norm": Choice(CNN_NORMS),
-    "model.extractor_kwargs.pool": Choice(CNN_POOLS),
+    **{f"model.extractor_kwargs.{name}": rule for name, rule in EXTRACTOR_KWARG_RULES.items()},
     "model.optimizer.lr": Number(low=0, low_open=True),
     "model.optimizer.weight_decay": Number(low=0),
     "model.scheduler.T_max": Number(integer=True, low=1),
@@ -115,10 +113,7 @@ def _check_rules(cfg: DictConfig, rules: dict[str, Choice | Number]) -> None:
     for key, rule in rules.items():
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             continue
-        value = OmegaConf.select(cfg, key)
-        problem = rule.check(value)
-        if problem:
-            raise ConfigError(f"{key}={value!r} {problem}")
+        rule.require(key, OmegaConf.select(cfg, key))
 
 
 def _check_devices(cfg: DictConfig) -> None:

@@ -17,11 +17,6 @@ def not_one_of(allowed: Iterable[object]) -> str:
     return "is not allowed; choose one of: " + ", ".join(dict.fromkeys(str(a) for a in allowed))
 
 
-def choice_error(key: str, value: object, allowed: Iterable[object]) -> ConfigError:
-    """ConfigError for `key=value` outside `allowed`: `model.covariance='dense' is not allowed; choose ...`."""
-    return ConfigError(f"{key}={value!r} {not_one_of(allowed)}")
-
-
 class DataError(RuntimeError):
     """Data that cannot be loaded: missing or corrupt files, impossible splits."""
 

@@ -7,11 +7,24 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dpn_lab.errors import not_one_of
+from dpn_lab.errors import ConfigError, not_one_of
+
+
+class Rule:
+    """What both kinds share: `check` says what is wrong with a value (None: nothing), `require` raises it as
+    the one error a user sees, `key=value <what is allowed>`, wherever the value is checked."""
+
+    def check(self, value: Any) -> str | None:
+        raise NotImplementedError
+
+    def require(self, key: str, value: Any) -> None:
+        problem = self.check(value)
+        if problem:
+            raise ConfigError(f"{key}={value!r} {problem}")
 
 
 @dataclass(frozen=True)
-class Choice:
+class Choice(Rule):
     allowed: tuple[Any, ...]
 
     def check(self, value: Any) -> str | None:
@@ -22,7 +35,7 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Number:
+class Number(Rule):
     integer: bool = False
     low: float | None = None
     high: float | None = None

@@ -132,3 +132,26 @@ def test_resnet18_on_8x8_digits_ends_in_1x1_maps_and_smaller_images_are_refused(
         build_extractor("resnet18", (1, 4, 6), 16)
     with pytest.raises(ValueError, match=r"ResNet34Extractor needs \(channels, height, width\) inputs"):
         build_extractor("resnet34", (64,), 16)
+
+
+def test_the_extractors_allowed_are_the_extractors_built_and_refused_in_the_preflights_words():
+    """One rule object per choice: the constructors refuse a value with the same line as the check before
+    torch loads, and the names the config allows are the classes there are."""
+    from omegaconf import OmegaConf
+
+    from dpn_lab.config import MODEL_RULES
+    from dpn_lab.errors import ConfigError
+    from dpn_lab.model.extractors import EXTRACTORS
+    from dpn_lab.model.options import EXTRACTOR_NAMES
+
+    assert tuple(EXTRACTORS) == EXTRACTOR_NAMES
+    for key, build in (
+        ("model.extractor", lambda: build_extractor("resnet", (1, 8, 8), 16)),
+        ("model.extractor_kwargs.pool", lambda: build_extractor("cnn", (1, 8, 8), 16, pool="max")),
+    ):
+        value = "resnet" if key == "model.extractor" else "max"
+        with pytest.raises(ConfigError) as built:
+            build()
+        with pytest.raises(ConfigError) as checked:
+            MODEL_RULES[key].require(key, OmegaConf.create({"v": value}).v)
+        assert str(built.value) == str(checked.value)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dpn_lab.errors import ConfigError, choice_error
+from dpn_lab.errors import ConfigError
+from dpn_lab.rules import Choice
 
 if TYPE_CHECKING:  # torch is imported where it is used: validation reads CORRUPTIONS before torch loads
     import torch
@@ -221,8 +222,7 @@ CORRUPTIONS: dict[str, CorruptionKind] = {
 
 def corrupt(images: Tensor, kind: str, severity: float, generator: torch.Generator | None = None) -> Tensor:
     """Apply the corruption registered as `kind` at `severity` (0 leaves the images unchanged)."""
-    if kind not in CORRUPTIONS:
-        raise choice_error("corruption", kind, CORRUPTIONS)
+    Choice(tuple(CORRUPTIONS)).require("corruption", kind)
     if severity == 0:
         return images
     return CORRUPTIONS[kind].apply(images, severity, generator)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from dpn_lab.errors import ConfigError, choice_error
-from dpn_lab.model.options import CNN_NORMS, CNN_POOLS, MIN_RESNET_SIDE
+from dpn_lab.errors import ConfigError
+from dpn_lab.model.options import EXTRACTOR_KWARG_RULES, EXTRACTOR_NAMES, MIN_RESNET_SIDE
+from dpn_lab.rules import Choice
 
 
 class MLPExtractor(nn.Module):
@@ -70,9 +71,8 @@ class CNNExtractor(nn.Module):
     ) -> None:
         super().__init__()
         check_image_input(type(self).__name__, input_shape, 1)
-        for name, value, allowed in (("norm", norm, CNN_NORMS), ("pool", pool, CNN_POOLS)):
-            if value not in allowed:
-                raise choice_error(f"model.extractor_kwargs.{name}", value, allowed)
+        for name, value in (("norm", norm), ("pool", pool)):
+            EXTRACTOR_KWARG_RULES[name].require(f"model.extractor_kwargs.{name}", value)
         if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
             raise ConfigError(
                 f"model.extractor_kwargs.channels={list(channels)} must be a non-empty list of integers >= 1"
@@ -132,8 +132,7 @@ class ResNet18Extractor(nn.Module):
         from torchvision.models.resnet import BasicBlock, ResNet
 
         check_image_input(type(self).__name__, input_shape, MIN_RESNET_SIDE)
-        if norm not in CNN_NORMS:
-            raise choice_error("model.extractor_kwargs.norm", norm, CNN_NORMS)
+        EXTRACTOR_KWARG_RULES["norm"].require("model.extractor_kwargs.norm", norm)
         layer = nn.BatchNorm2d if norm == "batch" else _group_norm
         self.net = ResNet(BasicBlock, list(self.blocks_per_stage), num_classes=feature_dim, norm_layer=layer)
         self.net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -163,8 +162,7 @@ EXTRACTORS: dict[str, type[nn.Module]] = {
 
 
 def extractor_class(name: str) -> type[nn.Module]:
-    if name not in EXTRACTORS:
-        raise choice_error("model.extractor", name, EXTRACTORS)
+    Choice(EXTRACTOR_NAMES).require("model.extractor", name)
     return EXTRACTORS[name]
 
 

@@ -11,9 +11,10 @@ from sklearn.covariance import LedoitWolf
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
-from dpn_lab.errors import ConfigError, choice_error
+from dpn_lab.errors import ConfigError
 from dpn_lab.model.options import INIT_METHODS
 from dpn_lab.model.potential import DenoisingPotential
+from dpn_lab.rules import Choice
 
 REG_COVAR = 1e-4  # added to every fitted variance: a cluster of identical points keeps a finite precision
 # The sklearn covariance family fitted for each of model.covariance; lowrank is reduced from a full fit.
@@ -140,8 +141,7 @@ def initialize_potential(
     `step_limit` then caps eta so that eta * lambda_max(P_i) <= step_limit for every component: the ascent
     is stable for eta * lambda_max < 2, and a fit to tight clusters can have large precisions.
     """
-    if method not in INIT_METHODS:
-        raise choice_error("init", method, INIT_METHODS)
+    Choice(INIT_METHODS).require("model.init", method)
     data = features.detach().to("cpu", torch.float64).numpy()
     rank = potential.precision_factor.shape[1] if potential.covariance == "lowrank" else 0
     fit = kmeans_parameters if method == "kmeans" else gmm_parameters

@@ -23,6 +23,8 @@ MIN_RESNET_SIDE = 8  # the ResNets' three stride-2 stages divide the side by 8
 CNN_NORMS = ("batch", "group")
 CNN_POOLS = ("avg", "flatten")
 INIT_METHODS = ("kmeans", "gmm")
+# model.extractor_kwargs.<name> of the CNN and ResNet extractors (checked before torch loads and by them)
+EXTRACTOR_KWARG_RULES = {"norm": Choice(CNN_NORMS), "pool": Choice(CNN_POOLS)}
 CENTER_UPDATES = ("none", "ema")
 REFINEMENTS = ("potential", "residual_mlp")  # residual_mlp: the capacity-matched control
 STEPS = ("scalar", "noise_model")
@@ -44,10 +46,8 @@ def option(default: Any, rule: Choice | Number | None, meaning: str) -> Any:
 def check_fields(options: Any) -> None:
     """ConfigError naming the first field of a config dataclass whose value breaks its rule."""
     for f in fields(options):
-        value = getattr(options, f.name)
-        problem = f.metadata["rule"].check(value) if f.metadata["rule"] else None
-        if problem:
-            raise ConfigError(f"{f.name}={value!r} {problem}")
+        if f.metadata["rule"]:
+            f.metadata["rule"].require(f.name, getattr(options, f.name))
 
 
 def rules(*configs: type) -> dict[str, Choice | Number]:
