@@ -154,6 +154,25 @@ def test_potential_never_decreases_with_a_small_step(covariance):
     assert (phi[:, -1] - phi[:, 0]).min() > 0
 
 
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_the_ascents_statistics_are_phi_and_r_of_every_state(covariance):
+    """statistics(states): phi(x_t) and r(x_t) of each state against numpy's mixture algebra, and the gain."""
+    module = random_potential(covariance, n_steps=4)
+    module.set_step_size(0.05)
+    states = module.refine(torch.from_numpy(np.random.default_rng(3).normal(size=(6, D))))
+    found = module.statistics(states)
+    P, mu, c = numpy_precisions(module), module.mu.detach().numpy(), module.c.detach().numpy()
+    for t, state in enumerate(states):
+        diff = state.detach().numpy()[:, None, :] - mu[None]
+        logits = c - np.einsum("bkd,kde,bke->bk", diff, P, diff) / 2
+        np.testing.assert_allclose(found.potential[t].numpy(), logsumexp(logits, axis=1), rtol=1e-10)
+        expected_r = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+        np.testing.assert_allclose(found.responsibilities[t].numpy(), expected_r, rtol=1e-10, atol=1e-300)
+    assert found.potential.shape == (5, 6) and found.responsibilities.shape == (5, 6, K)
+    torch.testing.assert_close(found.gain, found.potential[-1] - found.potential[0], rtol=0, atol=0)
+    assert (found.gain > 0).all()  # a small step climbs
+
+
 def test_zero_steps_is_the_identity():
     module = random_potential("full", n_steps=0)
     x = torch.randn(5, D, dtype=torch.float64)

@@ -53,7 +53,7 @@ def potential_diagnostics(
     """
     x0, xT = states[0], states[-1]
     feature_rms = rms_spread(x0)
-    r0 = potential.responsibilities(x0)
+    r0, rT = potential.statistics([x0, xT]).responsibilities
     entropy = -(r0 * r0.clamp_min(1e-30).log()).sum(1).mean()
     share = torch.bincount(r0.argmax(1), minlength=potential.n_components).float() / len(x0)
     out = {
@@ -70,7 +70,7 @@ def potential_diagnostics(
             (classifier(state.to(classifier.weight.dtype)).argmax(1) == labels).float().mean()
         )
     if component_labels is not None:
-        predicted = component_labels[potential.responsibilities(xT).argmax(1)]
+        predicted = component_labels[rT.argmax(1)]
         out["acc_responsibility"] = (predicted == labels).float().mean()
     return {key: float(value) for key, value in out.items()}
 

@@ -136,10 +136,8 @@ class DPNLitModule(L.LightningModule):
         logits = self.net.classifier(refined)
         return F.cross_entropy(logits, labels), logits, states
 
-    @torch.no_grad()
     def _potential_gain(self, states: list[Tensor]) -> Tensor:
-        potential = self.net.potential
-        return (potential.compute_potential(states[-1]) - potential.compute_potential(states[0])).mean()
+        return self.net.potential.statistics([states[0], states[-1]]).gain.mean()
 
     def on_train_start(self) -> None:
         # sanity-check validation must not count towards the best accuracy

@@ -33,8 +33,9 @@ reference the tests hold them to.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,20 @@ from dpn_lab.model.ascent_kernels import (
     quadratic_forms,
 )
 from dpn_lab.model.options import PotentialConfig
+
+
+@dataclass(frozen=True)
+class AscentStatistics:
+    """phi and r at each state x_0 .. x_T of an ascent (`DenoisingPotential.statistics`), as torchdeq's solvers
+    return theirs beside the fixed point: what the logs, the diagnostics and the evaluations read."""
+
+    potential: Tensor  # (T+1) x B: phi(x_t)
+    responsibilities: Tensor  # (T+1) x B x K: r(x_t)
+
+    @property
+    def gain(self) -> Tensor:
+        """phi(x_T) - phi(x_0) (B): how far up the potential the ascent climbed."""
+        return self.potential[-1] - self.potential[0]
 
 
 class DenoisingPotential(nn.Module):
@@ -104,12 +119,16 @@ class DenoisingPotential(nn.Module):
         """phi(x) = logsumexp_i(c_i - ||A_i (x - mu_i)||^2 / 2) for a batch x (B x D) -> (B)."""
         return self._log_density(x, self._factor_form())
 
-    @in_parameter_dtype
     def responsibilities(self, x: Tensor) -> Tensor:
         """r_i(x) = softmax_i(c_i - q_i(x) / 2) (B x K): which component claims each point."""
-        f = self._factor_form()
-        q, _, _ = quadratic_forms(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)
-        return torch.softmax(f.c - 0.5 * q, dim=-1)
+        return torch.softmax(self._component_logits(x), dim=-1)
+
+    @torch.no_grad()
+    def statistics(self, states: Sequence[Tensor]) -> AscentStatistics:
+        """phi(x_t) and r(x_t) of every state (each B x D), from one c_i - q_i(x_t) / 2 each: its logsumexp is
+        phi, its softmax r."""
+        logits = torch.stack([self._component_logits(state) for state in states])
+        return AscentStatistics(torch.logsumexp(logits, dim=-1), torch.softmax(logits, dim=-1))
 
     @in_parameter_dtype
     def compute_gradient(self, x: Tensor) -> Tensor:
@@ -182,6 +201,12 @@ class DenoisingPotential(nn.Module):
 
     def _precision_form(self) -> PrecisionForm:
         return PrecisionForm(self.mu, self.c, self.precision_matrices())
+
+    @in_parameter_dtype
+    def _component_logits(self, x: Tensor) -> Tensor:
+        f = self._factor_form()
+        q, _, _ = quadratic_forms(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)
+        return f.c - 0.5 * q
 
     def _log_density(self, x: Tensor, f: FactorForm) -> Tensor:
         q, _, _ = quadratic_forms(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)

@@ -59,14 +59,15 @@ def dpn_outputs(net: DPNClassifier, inputs: Tensor) -> dict[str, Tensor]:
         states = net.states(chunk)
         logits = net.classifier(states[-1])
         probabilities = logits.softmax(1)
+        phi = net.potential.statistics([states[0], states[-1]]).potential
         return {
             "features": states[0],
             "refined": states[-1],
             "logits": logits,
             "predicted": probabilities.argmax(1),
             "msp": probabilities.max(1).values,
-            "phi_x0": net.potential.compute_potential(states[0]),
-            "phi_xT": net.potential.compute_potential(states[-1]),
+            "phi_x0": phi[0],
+            "phi_xT": phi[-1],
             "displacement": (states[-1] - states[0]).norm(dim=1),
         }
 
