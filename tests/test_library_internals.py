@@ -14,7 +14,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 
-from dpn_lab.callbacks.figure_logger import FigureLogger
 from dpn_lab.data.blobs import BlobsDataModule
 from dpn_lab.model.lit_module import DPNLitModule
 from dpn_lab.runs.preflight import hydra_message, parse_flags
@@ -60,11 +59,6 @@ def test_hydra_still_prints_its_own_line_for_a_failed_job(capsys):
     assert "Error executing job with overrides: ['a=1']" in capsys.readouterr().err, (
         "Hydra no longer prints a line for a failed job: runs/task.failed_run may go"
     )
-
-
-def test_a_callbacks_checkpoint_key_starts_with_its_class_name():
-    """FigureLogger.history_in finds its state in a checkpoint's `callbacks` by this key."""
-    assert FigureLogger().state_key.startswith("FigureLogger"), "Lightning's Callback.state_key changed"
 
 
 class _Losses(L.Callback):

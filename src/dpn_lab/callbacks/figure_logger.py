@@ -27,6 +27,12 @@ class FigureLogger(L.Callback):
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._loss_sum, self._loss_count = None, 0
 
+    @property
+    def state_key(self) -> str:
+        # ours, not derived: `history_in` reads it back (the value Lightning derived before, so older checkpoints
+        # are read too)
+        return "FigureLogger"
+
     def state_dict(self) -> dict[str, Any]:
         return {"history": {k: [list(p) for p in v] for k, v in self.history.items()}}
 
@@ -36,10 +42,8 @@ class FigureLogger(L.Callback):
     @staticmethod
     def history_in(checkpoint: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
         """The per-epoch history a FigureLogger stored in a checkpoint (empty if it was not used)."""
-        for key, state in checkpoint.get("callbacks", {}).items():
-            if key.startswith(FigureLogger.__name__) and "history" in state:
-                return {k: [tuple(p) for p in v] for k, v in state["history"].items()}
-        return {}
+        state = checkpoint.get("callbacks", {}).get(FigureLogger().state_key, {})
+        return {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # summed on the device: no host sync per step
