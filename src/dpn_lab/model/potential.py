@@ -204,13 +204,15 @@ class DenoisingPotential(nn.Module):
 
     @in_parameter_dtype
     def _component_logits(self, x: Tensor) -> Tensor:
-        f = self._factor_form()
+        return self._logits(x, self._factor_form())
+
+    def _logits(self, x: Tensor, f: FactorForm) -> Tensor:
+        """c_i - q_i(x) / 2 (B x K): phi is their logsumexp, r their softmax."""
         q, _, _ = quadratic_forms(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)
         return f.c - 0.5 * q
 
     def _log_density(self, x: Tensor, f: FactorForm) -> Tensor:
-        q, _, _ = quadratic_forms(x, f.mu, f.diag, f.factor_all, f.factor_offset, f.rank)
-        return torch.logsumexp(f.c - 0.5 * q, dim=-1)
+        return torch.logsumexp(self._logits(x, f), dim=-1)
 
     def _gradient(self, x: Tensor, f: FactorForm) -> Tensor:
         if self.gradient_impl == "closed_form":
