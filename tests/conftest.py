@@ -238,8 +238,9 @@ def run_in_process(
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_argv, saved_streams = sys.argv, (sys.stdout, sys.stderr)
     streams = [io.TextIOWrapper(io.BytesIO(), encoding=encoding, write_through=True) for _ in range(2)]
+    environment = cli_environment(cwd, env)  # before clearing: it starts from the test process's environment
     os.environ.clear()
-    os.environ.update(cli_environment(cwd, env))
+    os.environ.update(environment)
     os.chdir(cwd)
     sys.argv, (sys.stdout, sys.stderr) = [module, *args], streams
     code = 0

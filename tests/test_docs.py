@@ -48,7 +48,7 @@ def composition_error(command: str, argv: list[str]) -> str | None:
     """Why `python -m dpn_lab.<command> <argv>` does not compose, or None."""
     try:
         flags = parse_flags(argv)
-        compose_config(flags.config_name or command, concrete_overrides(flags.overrides), [])
+        compose_config(flags.config_name or command, concrete_overrides(flags.overrides, command), [])
     except ConfigError as error:
         return str(error)
     return None

@@ -91,7 +91,10 @@ SWEEPER_RULES: dict[str, Choice | Number] = {
     "hydra.sweeper.n_trials": Number(integer=True, low=1),
     "hydra.sweeper.n_jobs": Number(integer=True, low=1),
 }
-ATTACK_RULES: dict[str, Choice | Number] = {
+EVAL_RULES: dict[str, Choice | Number] = {
+    "eval.seed": Number(integer=True, low=0),
+    "eval.split": Choice(EVAL_SPLITS),
+    "eval.figures": Choice((True, False)),
     "eval.attack_steps": Number(integer=True, low=1),
     "eval.attack_step_size": Number(low=0, low_open=True),
     "eval.attack_restarts": Number(integer=True, low=1),
@@ -301,14 +304,6 @@ def _check_kinds_and_levels(cfg: DictConfig, key: str, registry: dict, levels_ke
 def _check_robustness(cfg: DictConfig) -> None:
     if _check_kinds_and_levels(cfg, "eval.corruptions", CORRUPTIONS, "eval.levels", "severities") is None:
         return
-    _check_rules(
-        cfg,
-        {
-            "eval.seed": Number(integer=True, low=0),
-            "eval.split": Choice(EVAL_SPLITS),
-            "eval.figures": Choice((True, False)),
-        },
-    )
     steps = OmegaConf.select(cfg, "eval.test_steps")
     if steps is not None and not (
         OmegaConf.is_list(steps) and all(type(t) is int and t >= 0 for t in steps) and len(steps) > 0
@@ -319,7 +314,6 @@ def _check_robustness(cfg: DictConfig) -> None:
 
 
 def _check_attacks(cfg: DictConfig) -> None:
-    _check_rules(cfg, ATTACK_RULES)
     if not _check_kinds_and_levels(cfg, "eval.attacks", ATTACKS, "eval.attack_eps", "radii"):
         return
     gradients = _select_container(cfg, "eval.attack_gradient", False, f"a list of {', '.join(GRADIENTS)}")
@@ -381,31 +375,34 @@ def _check_ckpt_path(cfg: DictConfig, required: bool) -> None:
 COMMANDS = ("train", "eval", "analyze")
 
 
+def command_rules(command: str) -> dict[str, Choice | Number]:
+    """The rule of every single key `command` reads, in the order they are checked (trainer first:
+    model.scheduler.T_max follows trainer.max_epochs). The command line's values meet them before Hydra
+    composes anything (preflight), the composed config after."""
+    rules = {**TOP_RULES, **SWEEPER_RULES, **TRAINER_RULES}
+    if command == "train":
+        rules |= MODEL_RULES | CALLBACK_RULES
+    if command == "analyze":
+        rules |= ANALYZE_RULES
+    return rules | DATA_RULES | EVAL_RULES
+
+
 def validate_config(cfg: DictConfig, command: str = "train") -> None:
     """Raise ConfigError for the first invalid value of a config of `command` (train, eval or analyze).
     Imports no torch unless the config names extractor arguments or a GPU."""
     if command not in COMMANDS:
         raise ValueError(f"command={command!r}: one of {', '.join(COMMANDS)}")
-    checks: list[Callable[[], None]] = [
-        lambda: _check_rules(cfg, TOP_RULES),
-        lambda: _check_rules(cfg, SWEEPER_RULES),
-        lambda: _check_rules(cfg, TRAINER_RULES),  # first: model.scheduler.T_max follows trainer.max_epochs
-    ]
+    checks: list[Callable[[], None]] = [lambda: _check_rules(cfg, command_rules(command))]
     if command == "train":
         checks += [
             lambda: _check_model_keys(cfg),
-            lambda: _check_rules(cfg, MODEL_RULES),
             lambda: _check_model_consistency(cfg),
             lambda: _check_model_size(cfg),
             lambda: _check_noise_pairs(cfg),
             lambda: _check_extractor_kwargs(cfg),
             lambda: _check_extractor_data(cfg),
-            lambda: _check_rules(cfg, CALLBACK_RULES),
         ]
-    if command == "analyze":
-        checks.append(lambda: _check_rules(cfg, ANALYZE_RULES))
     checks += [
-        lambda: _check_rules(cfg, DATA_RULES),
         lambda: _check_augment(cfg),
         lambda: _check_corruption(cfg, "data.train_corruption"),
         lambda: _check_corruption(cfg, "data.test_corruption"),

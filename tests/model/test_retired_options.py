@@ -70,10 +70,10 @@ def test_an_older_run_directory_is_the_same_experiment_for_resuming():
 )
 def test_an_old_key_on_the_command_line_says_what_to_write(override, message):
     if message is None:
-        assert concrete_overrides([override]) == [override]
+        assert concrete_overrides([override], "train") == [override]
         return
     with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
-        concrete_overrides([override])
+        concrete_overrides([override], "train")
 
 
 def test_current_options_pass_through_unchanged():

@@ -1,32 +1,40 @@
-"""Property test: any bad value for any validated key of any group (model, data, trainer, callbacks, the
-top level, analyze's options, the Optuna sweeper) is refused in one line that names the key."""
+"""Property test: any bad value for any validated key of any group (model, data, trainer, callbacks, eval, the
+top level, analyze's options, the Optuna sweeper) is refused in one line that names the key, on the command
+line (before the config is composed) and in a composed config (a value set some other way)."""
+
+import copy
+from functools import cache
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from dpn_lab.config import (
     ANALYZE_RULES,
-    ATTACK_RULES,
     CALLBACK_RULES,
     DATA_RULES,
+    EVAL_RULES,
     MODEL_RULES,
     SWEEPER_RULES,
     TOP_RULES,
     TRAINER_RULES,
     Choice,
+    validate_config,
 )
 from dpn_lab.errors import ConfigError
-from dpn_lab.runs.preflight import check_command_line
+from dpn_lab.runs.preflight import check_command_line, compose_config
 
-pytestmark = pytest.mark.slow  # ~0.2 s per example (one compose each)
+pytestmark = pytest.mark.slow  # 60 examples, one composed config per command
 
 WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
 # key -> (command, the arguments that make the key exist)
 GROUPS = {
     **{
         key: ("train", [])
-        for key in {**TOP_RULES, **MODEL_RULES, **DATA_RULES, **TRAINER_RULES, **ATTACK_RULES}
+        for key in {**TOP_RULES, **MODEL_RULES, **DATA_RULES, **TRAINER_RULES, **EVAL_RULES}
     },
     **{key: ("train", []) for key in CALLBACK_RULES if not key.startswith("callbacks.early_stopping")},
     **{key: ("analyze", ["ckpt_path=CKPT"]) for key in ANALYZE_RULES},
@@ -34,7 +42,7 @@ GROUPS = {
 }
 RULES = {
     **TOP_RULES,
-    **ATTACK_RULES,
+    **EVAL_RULES,
     **MODEL_RULES,
     **DATA_RULES,
     **TRAINER_RULES,
@@ -88,3 +96,17 @@ def test_every_bad_value_is_one_line_naming_its_key(case, tmp_path, monkeypatch)
         check_command_line(command, "help", [*extra, override])
     message = str(caught.value)
     assert "\n" not in message and key in message, (override, message)
+
+    cfg = copy.deepcopy(composed(command, tuple(extra)))
+    try:
+        OmegaConf.update(cfg, key, OverridesParser.create().parse_override(override).value(), force_add=True)
+    except ValidationError:
+        return  # a typed field of the schema (model.*) cannot hold a value of the wrong type at all
+    with pytest.raises(ConfigError) as caught:
+        validate_config(cfg, command)
+    assert str(caught.value) == message  # the same rule, word for word
+
+
+@cache
+def composed(command: str, extra: tuple[str, ...]) -> DictConfig:
+    return compose_config(command, list(extra), [])

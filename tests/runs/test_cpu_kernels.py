@@ -50,3 +50,14 @@ def test_the_processor_record_names_the_model_and_its_vector_units():
         "avx512_bf16",
         "amx_tile",
     }
+
+
+def test_a_command_run_inside_the_test_process_sees_its_environment(tmp_path):
+    """run_in_process once built the command's environment after clearing the test process's: MKL, which
+    reads MKL_CBWR at its first call, then ran unpinned in whichever test called it first."""
+    from conftest import run_in_process
+
+    probe = "+probe=${oc.env:MKL_CBWR}_${oc.env:PATH}"
+    done = run_in_process("dpn_lab.train", "--cfg", "job", "--resolve", probe, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"probe: {os.environ['MKL_CBWR']}_{os.environ['PATH']}" in done.stdout

@@ -36,6 +36,11 @@ BAD = [
     # override syntax
     (["model.n_components=4,16"], "model.n_components=4,16 is a sweep (several values): add -m"),
     (["model.n_components=choice(4,16)"], "is a sweep (several values): add -m"),
+    # every value of a sweep meets its key's rule before the first job starts
+    (["-m", "model.n_components=4,-3"], "model.n_components=-3 is out of range: must be an integer >= 1"),
+    (["-m", "model.n_steps=range(-2,3)"], "model.n_steps=-2 is out of range: must be an integer >= 0"),
+    (["-m", "model.covariance=diag,dense"], "model.covariance='dense' is not allowed; choose one of: full,"),
+    (["-m", "data=digits,_base"], "data=digits,_base: _base is a building block of data/, not an option"),
     (["~model"], "~model: only a callback, a logger or an optimizer/scheduler argument can be removed"),
     (
         ["~model.n_components"],

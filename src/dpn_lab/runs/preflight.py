@@ -17,7 +17,7 @@ from typing import NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dpn_lab.config import CONF_DIR, validate_config
+from dpn_lab.config import CONF_DIR, command_rules, validate_config
 from dpn_lab.errors import ConfigError
 from dpn_lab.model.retired_options import command_line_message
 from dpn_lab.runs.lock import check_run_directory_free, is_ddp_child
@@ -71,7 +71,7 @@ def check_command_line(command: str, help_text: str, argv: list[str]) -> None:
         return  # Hydra's own business: it prints and exits
     config_name = flags.config_name or command
     extra_dirs = check_config_sources(flags, config_name)
-    overrides = concrete_overrides(flags.overrides)
+    overrides = concrete_overrides(flags.overrides, command)
     cfg = compose_config(config_name, overrides, extra_dirs)
     multirun = flags.multirun or str(OmegaConf.select(cfg, "hydra.mode")) == "RunMode.MULTIRUN"
     if not multirun:
@@ -143,9 +143,10 @@ def is_sweep(override: str) -> bool:
     return OverridesParser.create().parse_override(override).is_sweep_override()
 
 
-def concrete_overrides(overrides: list[str]) -> list[str]:
-    """The overrides with each sweep replaced by its first value, after refusing deletions of needed keys
-    and the `_`-prefixed building blocks of a group (e.g. data=_base)."""
+def concrete_overrides(overrides: list[str], command: str) -> list[str]:
+    """The overrides with each sweep replaced by its first value, after refusing deletions of needed keys,
+    the `_`-prefixed building blocks of a group (e.g. data=_base) and a value (every value of a sweep) that
+    its key's rule refuses: a wrong value is refused before Hydra composes the config (0.2 s)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -153,7 +154,7 @@ def concrete_overrides(overrides: list[str]) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         raise ConfigError(hydra_message(error)) from None
-    concrete = []
+    concrete, rules = [], command_rules(command)
     for override in parsed:
         key = override.get_key_element()
         if not key.lstrip("+~"):
@@ -167,13 +168,17 @@ def concrete_overrides(overrides: list[str]) -> list[str]:
                 "removed (e.g. ~callbacks.figures); set the value you want instead"
             )
         if override.is_sweep_override():
-            first = next(iter(override.sweep_string_iterator()))
-            concrete.append(f"{key}={first}")
-            values = [first]
+            concrete.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+            values = [] if override.is_interval_sweep() else list(override.sweep_iterator())
         else:
             concrete.append(override.input_line)
             value = None if override.is_delete() else override.value()
             values = list(value) if isinstance(value, list) else [value]
+        rule = rules.get(key.lstrip("+"))
+        if rule is not None and not override.is_delete():
+            for value in values:
+                if not (isinstance(value, str) and "${" in value):  # an interpolation resolves in the config
+                    rule.require(key.lstrip("+"), value)
         group = key.lstrip("+~").split("@")[0]
         if "." in group or not (CONF_DIR / group).is_dir() or override.is_delete():
             continue
@@ -217,7 +222,7 @@ def omegaconf_message(error: OmegaConfBaseException) -> str:
 
 
 def compose_config(config_name: str, overrides: list[str], extra_dirs: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
@@ -226,7 +231,7 @@ def compose_config(config_name: str, overrides: list[str], extra_dirs: list[str]
         overrides = [*overrides, f"hydra.searchpath=[{','.join('file://' + d for d in extra_dirs)}]"]
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module="dpn_lab.conf", version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as error:  # ValueError: a group override
         raise ConfigError(hydra_message(error)) from None
