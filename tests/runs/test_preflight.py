@@ -36,6 +36,7 @@ BAD = [
     # override syntax
     (["model.n_components=4,16"], "model.n_components=4,16 is a sweep (several values): add -m"),
     (["model.n_components=choice(4,16)"], "is a sweep (several values): add -m"),
+    (["logger=null"], "logger=null: null is not an option of logger/; choose one of: csv, none, wandb"),
     # every value of a sweep meets its key's rule before the first job starts
     (["-m", "model.n_components=4,-3"], "model.n_components=-3 is out of range: must be an integer >= 1"),
     (["-m", "model.n_steps=range(-2,3)"], "model.n_steps=-2 is out of range: must be an integer >= 0"),

@@ -186,8 +186,8 @@ def concrete_overrides(overrides: list[str], command: str) -> list[str]:
         for value in values:
             if isinstance(value, str) and value.startswith("_"):
                 what = f"{value} is a building block of {group}/, not an option"
-            elif value is not None and not isinstance(value, str):
-                what = f"{value!r} is not an option of {group}/"
+            elif not isinstance(value, str):  # a number, a list, null (`logger=null`)
+                what = f"{'null' if value is None else repr(value)} is not an option of {group}/"
             else:
                 continue  # a name Hydra looks up (and refuses, listing the options, if it is none)
             raise ConfigError(f"{override.input_line}: {what}; choose one of: {', '.join(options)}")
