@@ -146,7 +146,7 @@ def is_sweep(override: str) -> bool:
 def concrete_overrides(overrides: list[str], command: str) -> list[str]:
     """The overrides with each sweep replaced by its first value, after refusing deletions of needed keys,
     the `_`-prefixed building blocks of a group (e.g. data=_base) and a value (every value of a sweep) that
-    its key's rule refuses: a wrong value is refused before Hydra composes the config (0.2 s)."""
+    its key's rule refuses: a wrong value is refused before Hydra composes the config (0.3-0.4 s a command)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
