@@ -1,6 +1,7 @@
 """A comparison sweep killed part-way resumes: run again, it keeps the jobs that finished with the same code
-and overrides, continues or reruns the rest (a job of other code is not kept: tests/runs/test_outcome.py), and ends with the files of a sweep that was never stopped. Every sweep runs as its own process, as a user
-runs it (a job run inside the test process rounds differently from one in a fresh interpreter)."""
+and overrides, continues or reruns the rest (a job of other code is not kept: tests/runs/test_outcome.py),
+and ends with the files of a sweep that was never stopped. The sweep that is killed runs as its own process;
+the other two run inside the test process, which computes with the same pinned kernels (runs/cpu_kernels.py)."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import signal
 import pandas as pd
 import pytest
 
-from conftest import run_cli, start_cli, wait_until
+from conftest import run_in_process, start_cli, wait_until
 
 SWEEP = (
     "experiment=robustness_digits",
@@ -32,7 +33,7 @@ def _finished(job) -> bool:
 @pytest.mark.slow
 def test_a_sweep_killed_between_jobs_resumes_to_the_same_comparison(tmp_path):
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    done = run_cli("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={reference}", cwd=tmp_path, timeout=900)
+    done = run_in_process("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={reference}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
     process = start_cli(*SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path)
@@ -44,7 +45,7 @@ def test_a_sweep_killed_between_jobs_resumes_to_the_same_comparison(tmp_path):
     assert not (resumed / "runs.csv").exists() and not _finished(resumed / "3")
     job0 = (resumed / "0" / "result.json").read_text()
 
-    again = run_cli("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path, timeout=900)
+    again = run_in_process("dpn_lab.train", *SWEEP, f"hydra.sweep.dir={resumed}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Keeping job 0" in again.stderr + again.stdout and "Keeping job 1" in again.stderr + again.stdout
     assert (resumed / "0" / "result.json").read_text() == job0  # kept, not rerun
