@@ -130,6 +130,11 @@ def test_the_tolerance_is_one_image_on_the_recording_kernels_and_the_seed_spread
     tolerance, why = sentinel_tolerance(result, provenance["kernels"])
     n_test = pd.read_csv(result / "jobs.csv")["n_test"].iloc[0]
     assert tolerance == pytest.approx(1 / n_test) and "one test image" in why
+    newer = {
+        **provenance["kernels"],
+        "a_key_recorded_since": "x",
+    }  # what the recording predates is not compared
+    assert sentinel_tolerance(result, newer)[0] == pytest.approx(1 / n_test)
     other = {**provenance["kernels"], "mkl_cbwr": "AUTO"}
     tolerance, why = sentinel_tolerance(result, other)
     runs = read_runs(result / "runs.csv.gz")

@@ -22,20 +22,46 @@ def test_the_test_process_runs_the_pinned_kernels():
     assert identity["torch"] == torch.__version__ and identity["torch_threads"] == torch.get_num_threads()
 
 
-def _capability(env: dict) -> str:
-    code = "import dpn_lab, torch; print(torch.backends.cpu.get_cpu_capability())"
+def _openblas_architectures() -> set[str]:
+    """The kernels numpy's and scipy's OpenBLAS run (threadpoolctl, scikit-learn's own dependency)."""
+    import scipy.linalg  # noqa: F401  loads scipy's OpenBLAS beside numpy's
+    from threadpoolctl import threadpool_info
+
+    return {lib["architecture"] for lib in threadpool_info() if lib["internal_api"] == "openblas"}
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the pinned path needs AVX2 and FMA")
+def test_numpy_and_scipy_run_openblas_avx2_kernels():
+    assert _openblas_architectures() == {"Haswell"}
+
+
+def _in_fresh_interpreter(code: str, env: dict) -> str:
+    """What `code` prints in an interpreter that imports dpn_lab first, with none of the pins set but `env`."""
     environment = {k: v for k, v in os.environ.items() if k not in PINNED} | env
     done = subprocess.run(
-        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+        [sys.executable, "-c", f"import dpn_lab\n{code}"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout.strip()
 
 
-@pytest.mark.slow  # two interpreters that import torch
+CAPABILITY = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+OPENBLAS = (
+    "import numpy; from threadpoolctl import threadpool_info\n"
+    "print(*{l['architecture'] for l in threadpool_info() if l['internal_api'] == 'openblas'})"
+)
+
+
+@pytest.mark.slow  # four interpreters, two of which import torch
 @pytest.mark.skipif(not HAS_AVX2, reason="the pinned path needs AVX2 and FMA")
 def test_importing_the_package_pins_the_kernels_before_torch_loads_and_the_users_choice_wins():
-    assert _capability({}) == "AVX2"
-    assert _capability({"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+    assert _in_fresh_interpreter(CAPABILITY, {}) == "AVX2"
+    assert _in_fresh_interpreter(CAPABILITY, {"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+    assert _in_fresh_interpreter(OPENBLAS, {}) == "Haswell"
+    assert _in_fresh_interpreter(OPENBLAS, {"OPENBLAS_CORETYPE": "Prescott"}) != "Haswell"
 
 
 def test_the_processor_record_names_the_model_and_its_vector_units():

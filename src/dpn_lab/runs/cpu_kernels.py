@@ -3,10 +3,12 @@
 Training numerics depend on the kernels torch (ATen), MKL and oneDNN pick for the processor: the MNIST-5k
 sentinel, recorded on one 2-core EPYC, got 7 more of 1,000 test images right on another, deterministically.
 Each library is pinned to its AVX2 path (the widest every machine of this project's kind has), so that a run
-takes the same kernels whatever wider vector units the processor has. Each variable is read when its library
-first initialises, so `pin_cpu_kernels` runs when the package is imported (dpn_lab/__init__.py), before torch
-is. A variable already in the environment wins: `ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO` gives a machine
-its fastest kernels, and results that only reproduce on processors like it.
+takes the same kernels whatever wider vector units the processor has; OpenBLAS too (numpy's and scipy's: the
+k-means and mixture fits that place the centers), whose AVX2 kernels it calls Haswell. Each variable is read
+when its library first initialises, so `pin_cpu_kernels` runs when the package is imported
+(dpn_lab/__init__.py), before torch and numpy are. A variable already in the environment wins:
+`ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO` gives a machine its fastest kernels, and results that only
+reproduce on processors like it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+}
 # the processor features that decide which of those paths can run (AVX-512 only says what pinning avoided)
 FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
 
