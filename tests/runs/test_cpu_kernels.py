@@ -87,3 +87,17 @@ def test_a_command_run_inside_the_test_process_sees_its_environment(tmp_path):
     done = run_in_process("dpn_lab.train", "--cfg", "job", "--resolve", probe, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"probe: {os.environ['MKL_CBWR']}_{os.environ['PATH']}" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, pinned", [("fpu sse4_2 avx avx2 fma", True), ("fpu sse4_2 avx", False), ("", False)]
+)
+def test_the_kernels_are_pinned_only_on_a_processor_that_can_run_them(monkeypatch, flags, pinned):
+    """OpenBLAS takes a forced core as given: on a processor without AVX2 nothing may be pinned."""
+    from dpn_lab.runs import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "_cpuinfo", lambda: {"flags": flags} if flags else {})
+    for variable in PINNED:
+        monkeypatch.delenv(variable, raising=False)
+    cpu_kernels.pin_cpu_kernels()
+    assert {v: os.environ.get(v) for v in PINNED} == (PINNED if pinned else dict.fromkeys(PINNED))

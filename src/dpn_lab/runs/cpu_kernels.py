@@ -1,4 +1,4 @@
-"""Which CPU kernels compute a run: one code path on every x86-64 machine with AVX2, named in provenance.
+"""Which CPU kernels compute a run: one code path on every x86-64 Linux machine with AVX2, named in provenance.
 
 Training numerics depend on the kernels torch (ATen), MKL and oneDNN pick for the processor: the MNIST-5k
 sentinel, recorded on one 2-core EPYC, got 7 more of 1,000 test images right on another, deterministically.
@@ -30,8 +30,17 @@ FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
 
 
 def pin_cpu_kernels() -> None:
+    """Pin each library's AVX2 path, on a processor that can run it: elsewhere (no AVX2, not x86-64, not
+    Linux) each library keeps its own choice (OpenBLAS takes a forced core as given, whether or not the
+    processor has its instructions)."""
+    if not has_avx2_and_fma():
+        return
     for variable, value in PINNED.items():
         os.environ.setdefault(variable, value)
+
+
+def has_avx2_and_fma() -> bool:
+    return {"avx2", "fma"} <= set(_cpuinfo().get("flags", "").split())
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -60,7 +69,6 @@ def kernel_identity() -> dict[str, Any]:
     import torch
 
     build = torch.__config__.show()
-    flags = set(_cpuinfo().get("flags", "").split())
     return {
         "torch": torch.__version__,
         "mkl": _library_version(r"Math Kernel Library Version ([\w.-]+)", build),
@@ -72,7 +80,7 @@ def kernel_identity() -> dict[str, Any]:
             if variable != "ATEN_CPU_CAPABILITY"
         },
         "torch_threads": torch.get_num_threads(),
-        "avx2_and_fma": {"avx2", "fma"} <= flags,
+        "avx2_and_fma": has_avx2_and_fma(),
     }
 
 
