@@ -174,11 +174,11 @@ def concrete_overrides(overrides: list[str], command: str) -> list[str]:
             concrete.append(override.input_line)
             value = None if override.is_delete() else override.value()
             values = list(value) if isinstance(value, list) else [value]
-        rule = rules.get(key.lstrip("+"))
-        if rule is not None and not override.is_delete():
+        name = key.lstrip("+")
+        if name in rules and not override.is_delete():
             for value in values:
                 if not (isinstance(value, str) and "${" in value):  # an interpolation resolves in the config
-                    rule.require(key.lstrip("+"), value)
+                    rules[name].require(name, value)
         group = key.lstrip("+~").split("@")[0]
         if "." in group or not (CONF_DIR / group).is_dir() or override.is_delete():
             continue
